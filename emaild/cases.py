@@ -1,0 +1,112 @@
+"""Reading cases back for people and scripts (``emaild cases``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from emaild.config import Config
+from emaild.store.models import Case, Message
+
+
+def case_number(number: int) -> str:
+    return f"{number:08d}"
+
+
+def list_cases(
+    session: Session, *, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    counts = (
+        select(Message.case_id, func.count(Message.id).label("n"))
+        .group_by(Message.case_id)
+        .subquery()
+    )
+    query = (
+        select(Case, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.case_id == Case.id)
+        .order_by(Case.id.desc())
+        .limit(limit)
+    )
+    if status:
+        query = query.where(Case.status == status)
+    return [case_summary(case, int(n)) for case, n in session.execute(query)]
+
+
+def case_summary(case: Case, message_count: int) -> dict[str, Any]:
+    return {
+        "number": case.id,
+        "subject": case.subject,
+        "status": case.status,
+        "priority": case.priority,
+        "origin": case.origin,
+        "owner": case.owner,
+        "category": case.category,
+        "tags": list(case.tags or []),
+        "routing_address": case.routing_address,
+        "customer": case.customer,
+        "customer_name": case.customer_name,
+        "linked_case": case.linked_case_id,
+        "mentioned_number": case.mentioned_number,
+        "message_count": message_count,
+        "created_at": case.created_at.isoformat(),
+        "updated_at": case.updated_at.isoformat(),
+    }
+
+
+def load_case(session: Session, number: int) -> Case | None:
+    return session.scalars(
+        select(Case)
+        .where(Case.id == number)
+        .options(selectinload(Case.messages).selectinload(Message.attachments))
+    ).first()
+
+
+def case_detail(case: Case, config: Config) -> dict[str, Any]:
+    data = case_summary(case, len(case.messages))
+    data["subject_token"] = subject_token(case.id, config)
+    data["messages"] = [message_detail(m) for m in case.messages]
+    return data
+
+
+def subject_token(number: int, config: Config) -> str:
+    """The exact token emaild puts in subjects for case ``number``."""
+    return config.threading.subject_token_format.format(number=number)
+
+
+def message_detail(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "message_id": m.message_id,
+        "direction": m.direction,
+        "state": m.state,
+        "channel": m.channel,
+        "subject": m.subject,
+        "from": m.from_addr,
+        "from_name": m.from_name,
+        "to": list(m.to or []),
+        "cc": list(m.cc or []),
+        "date": m.date.isoformat() if m.date else None,
+        "received_at": m.received_at.isoformat(),
+        "in_reply_to": m.in_reply_to,
+        "references": list(m.references or []),
+        "text": m.text,
+        "new_text": m.new_text,
+        "html": m.html,
+        "raw_sha256": m.raw_sha256,
+        "raw_size": m.raw_size,
+        "defects": list(m.defects or []),
+        "attachments": [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "content_id": a.content_id,
+                "disposition": a.disposition,
+                "size": a.size,
+                "sha256": a.sha256,
+            }
+            for a in m.attachments
+        ],
+        "decision_trace": list(m.decision_trace or []),
+    }

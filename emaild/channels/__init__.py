@@ -1,0 +1,1 @@
+"""Channels: transports that hand raw bytes and an envelope to the pipeline."""

@@ -1,0 +1,54 @@
+"""The pipe channel: ``emaild ingest`` from an MTA transport or a shell.
+
+Exit status follows sysexits(3), which MTAs understand: 0 stored, 75 try
+again later, 65 unusable input (the MTA bounces it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emaild.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, InputError, TransientError
+from emaild.pipeline import Envelope, IngestResult, Outcome, Pipeline
+
+
+@dataclass(frozen=True)
+class PipeAnswer:
+    exit_code: int
+    stdout: str
+    stderr: str
+    result: IngestResult | None = None
+
+
+def ingest_pipe(
+    pipeline: Pipeline, raw: bytes, *, to: str = "", mail_from: str = "", channel: str = "pipe"
+) -> PipeAnswer:
+    """Ingest one message and say what the caller should print and exit with."""
+    envelope = Envelope(
+        channel=channel, mail_from=mail_from, rcpt_to=(to,) if to else (), routing_hint=to
+    )
+    try:
+        result = pipeline.ingest(raw, envelope)
+    except TransientError as exc:
+        return PipeAnswer(EX_TEMPFAIL, "", f"emaild: temporary failure, try again: {exc}")
+    except InputError as exc:
+        return PipeAnswer(EX_DATAERR, "", f"emaild: unusable input: {exc}")
+    return PipeAnswer(EX_OK, *describe(result), result=result)
+
+
+def describe(result: IngestResult) -> tuple[str, str]:
+    """(stdout, stderr) lines for a stored outcome."""
+    o = result.outcome
+    if o in (Outcome.NEW_CASE, Outcome.APPENDED):
+        return str(result.case_number), ""
+    if o is Outcome.DUPLICATE:
+        where = f"case {result.case_number}" if result.case_number else "a held message"
+        return (
+            str(result.case_number) if result.case_number else ""
+        ), f"emaild: duplicate: already stored on {where}"
+    if o is Outcome.QUARANTINED:
+        return "", (
+            f"emaild: quarantined as entry {result.quarantine_id}: {result.detail} "
+            f"(see 'emaild quarantine show {result.quarantine_id}')"
+        )
+    return "", f"emaild: {o.value}: {result.detail}"

@@ -1,0 +1,27 @@
+"""``emaild check``: validate configuration, rules and templates without starting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from emaild.config import Config
+from emaild.store.database import make_engine
+
+# Each check raises ConfigError for the first problem; it returns a one-line summary.
+Check = Callable[[Config], str]
+
+
+def check_storage(config: Config) -> str:
+    make_engine(config.database_url).dispose()
+    return f"storage: {config.database_url.split('@')[-1]}"
+
+
+def check_addresses(config: Config) -> str:
+    return "routing addresses: " + ", ".join(r.address for r in config.address)
+
+
+CHECKS: tuple[Check, ...] = (check_storage, check_addresses)
+
+
+def run_checks(config: Config) -> list[str]:
+    return [check(config) for check in CHECKS]

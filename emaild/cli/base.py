@@ -1,0 +1,67 @@
+"""What every subcommand shares: the lazily opened app and error mapping."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from emaild.config import Config, config_path_from, load_config
+from emaild.errors import EmaildError
+
+
+class Context:
+    """Lazily loaded config and app, shared by the subcommands of one invocation."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._app: Any = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(config_path_from(self.config_path, os.environ))
+            from emaild import logs
+
+            logs.configure(self._config.logging.level, self._config.logging.format)
+        return self._config
+
+    def app(self) -> Any:
+        if self._app is None:
+            from emaild.app import App
+
+            self._app = App.open(self.config)
+        return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
+
+class EmaildGroup(click.Group):
+    """Maps ``EmaildError`` to one clear line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EmaildError as exc:
+            click.echo(f"emaild: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        finally:
+            obj = ctx.obj
+            if isinstance(obj, Context):
+                obj.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def read_input(path: str) -> bytes:
+    """Bytes from FILE or ``-`` (stdin)."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()

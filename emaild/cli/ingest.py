@@ -1,0 +1,102 @@
+"""``emaild ingest`` (the pipe channel) and ``emaild import`` (bulk)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from emaild.cli.base import Context, pass_ctx, read_input
+from emaild.cli.output import echo_json
+from emaild.errors import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EmaildError
+
+
+@click.command("ingest")
+@click.option("--to", "to", default="", help="Routing address (default: from the headers).")
+@click.option("--from", "mail_from", default="", help="Envelope sender, as the MTA saw it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.argument("file", default="-")
+@pass_ctx
+def ingest_cmd(ctx: Context, to: str, mail_from: str, as_json: bool, file: str) -> None:
+    """Store one message from FILE or stdin; print its case number.
+
+    Exit 0 stored, 75 try again later (storage unavailable), 65 unusable input.
+    """
+    from emaild.channels.pipe import ingest_pipe
+
+    try:
+        raw = read_input(file)
+    except OSError as exc:
+        click.echo(f"emaild: cannot read {file}: {exc.strerror}", err=True)
+        sys.exit(EX_NOINPUT)
+    try:
+        app = ctx.app()
+    except EmaildError as exc:
+        if exc.exit_code == EX_TEMPFAIL:
+            click.echo(f"emaild: temporary failure, try again: {exc}", err=True)
+        else:
+            click.echo(f"emaild: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if to and app.config.routing_address(to) is None:
+        click.echo(f"emaild: {to} is not a routing address", err=True)
+        sys.exit(EX_DATAERR)
+    answer = ingest_pipe(app.pipeline, raw, to=to, mail_from=mail_from)
+    if as_json and answer.result is not None:
+        r = answer.result
+        echo_json(
+            {
+                "outcome": r.outcome.value,
+                "case": r.case_number,
+                "message_row": r.message_row_id,
+                "quarantine": r.quarantine_id,
+                "detail": r.detail,
+            }
+        )
+    elif answer.stdout:
+        click.echo(answer.stdout)
+    if answer.stderr:
+        click.echo(answer.stderr, err=True)
+    sys.exit(answer.exit_code)
+
+
+@click.command("import")
+@click.option("--to", "to", default="", help="Routing address for every message.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def import_cmd(ctx: Context, to: str, as_json: bool, path: Path) -> None:
+    """Import an mbox file, a Maildir, or a folder of .eml files."""
+    from emaild.channels.importer import ImportSummary, count_messages, import_one, iter_messages
+
+    app = ctx.app()
+    summary = ImportSummary()
+    total = count_messages(path)
+    show_bar = sys.stderr.isatty() and not as_json
+    with click.progressbar(
+        length=total or 0, label="importing", file=sys.stderr, hidden=not show_bar
+    ) as bar:
+        for label, raw in iter_messages(path):
+            import_one(app.pipeline, label, raw, summary, to=to)
+            bar.update(1)
+    if as_json:
+        echo_json(summary.as_json())
+    else:
+        click.echo(
+            f"{summary.cases} new cases, {summary.appended} appended, "
+            f"{summary.duplicates} duplicates, {summary.quarantined} quarantined, "
+            f"{summary.held} held, {summary.dropped} dropped, {summary.failed} failed"
+        )
+        for error in summary.errors[:20]:
+            click.echo(f"  {error}", err=True)
+    if summary.failed:
+        sys.exit(
+            EX_TEMPFAIL
+            if any("temporary" in e or "unavailable" in e for e in summary.errors)
+            else EX_DATAERR
+        )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(ingest_cmd)
+    group.add_command(import_cmd)

@@ -1,0 +1,354 @@
+"""Configuration: one TOML file, validated by pydantic, overridable by environment.
+
+Precedence for each setting: environment variable > config file > default.
+With no config file at all emaild runs on the embedded default: SQLite in the
+state directory and one routing address, ``support@example.com``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from emaild.errors import ConfigError
+from emaild.tomlsource import TomlSource
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+Priority = Literal["Low", "Medium", "High", "Urgent"]
+PRIORITIES: tuple[str, ...] = ("Low", "Medium", "High", "Urgent")
+
+
+class Section(BaseModel):
+    """Base for every config table: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _normalise_address(value: str) -> str:
+    value = value.strip()
+    local, sep, domain = value.rpartition("@")
+    if not sep or not local or not domain or " " in value:
+        raise ValueError(f"not an email address: {value!r}")
+    return f"{local}@{domain.lower()}".lower()
+
+
+class RoutingAddress(Section):
+    """A support address emaild accepts mail for, with its case defaults."""
+
+    address: str
+    name: str = ""
+    aliases: list[str] = []
+    origin: str = "Email"
+    priority: Priority = "Medium"
+    owner: str = ""
+    category: str = ""
+    tags: list[str] = []
+    accept_from: list[str] = []
+    reject_action: Literal["reject", "discard", "quarantine"] = "reject"
+    save_headers: bool = True
+    auto_response: str = "default"
+    enabled: bool = True
+    disabled_action: Literal["tempfail", "reject"] = "tempfail"
+    closed_case: Literal["reopen", "reopen_within", "new_linked"] = "reopen_within"
+    reopen_days: Annotated[int, Field(ge=0)] = 30
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _normalise_address(value)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        return [_normalise_address(v) for v in value]
+
+    @field_validator("accept_from")
+    @classmethod
+    def _accept_from(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().lower()
+            if not item or " " in item:
+                raise ValueError(f"not an address or domain: {item!r}")
+            out.append(item)
+        return out
+
+    def all_addresses(self) -> tuple[str, ...]:
+        return (self.address, *self.aliases)
+
+
+class StorageConfig(Section):
+    """Where cases, messages and blobs live."""
+
+    state_dir: str = ""
+    database_url: str = ""
+    blob_dir: str = ""
+    busy_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+
+class LimitsConfig(Section):
+    """Sizes and concurrency limits applied to every channel."""
+
+    max_message_bytes: Annotated[int, Field(gt=0)] = 35 * MiB
+    max_attachment_bytes: Annotated[int, Field(gt=0)] = 25 * MiB
+    spool_part_bytes: Annotated[int, Field(gt=0)] = 256 * 1024
+    workers: Annotated[int, Field(ge=1, le=256)] = 8
+    pipeline_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+
+class LoggingConfig(Section):
+    """Log level and format (JSON lines when not on a terminal)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class SmtpConfig(Section):
+    """The SMTP/LMTP listener."""
+
+    listen: list[str] = ["127.0.0.1:2525"]
+    lmtp_listen: list[str] = []
+    hostname: str = ""
+    max_connections: Annotated[int, Field(ge=1)] = 200
+    max_recipients: Annotated[int, Field(ge=1)] = 100
+    timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    max_line_length: Annotated[int, Field(ge=1000)] = 8192
+    max_pending: Annotated[int, Field(ge=1)] = 64
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_tls: bool = False
+    auth_file: str = ""
+    auth_required: bool = False
+
+
+class MailboxConfig(Section):
+    """An IMAP mailbox polled for new mail."""
+
+    name: str
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 993
+    tls: Literal["implicit", "starttls", "plain"] = "implicit"
+    user: str
+    password: str = ""
+    password_file: str = ""
+    auth: Literal["login", "xoauth2"] = "login"
+    oauth_token_command: str = ""
+    oauth_token_file: str = ""
+    folders: list[str] = ["INBOX"]
+    routing_address: str = ""
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    idle: bool = True
+    after_store: Literal["seen", "move", "delete"] = "seen"
+    move_to: str = ""
+    failed_folder: str = ""
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    ca_file: str = ""
+
+
+class ThreadingConfig(Section):
+    """How emaild marks outgoing mail so replies find their case."""
+
+    domain: str = ""
+    secret: str = ""
+    secret_file: str = ""
+    subject_token: bool = True
+    subject_token_format: str = "[Case #{number:08d}]"
+    body_token: bool = False
+    body_token_format: str = "ref:{token}:ref"
+
+
+class RelayConfig(Section):
+    """The SMTP relay outgoing mail (auto-responses, verification) goes through."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    starttls: Literal["off", "opportunistic", "required"] = "opportunistic"
+    implicit_tls: bool = False
+    username: str = ""
+    password_file: str = ""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_attempts: Annotated[int, Field(ge=1)] = 12
+    retry_base_seconds: Annotated[float, Field(gt=0)] = 60.0
+    flush_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class AutoResponseConfig(Section):
+    """Auto-responses to new cases and loop protection."""
+
+    enabled: bool = True
+    per_recipient_limit: Annotated[int, Field(ge=0)] = 3
+    per_recipient_window_minutes: Annotated[int, Field(ge=1)] = 60
+    loop_threshold: Annotated[int, Field(ge=2)] = 5
+    loop_window_minutes: Annotated[int, Field(ge=1)] = 15
+
+
+class DaemonConfig(Section):
+    """Process lifecycle under systemd."""
+
+    shutdown_deadline_seconds: Annotated[float, Field(ge=0)] = 30.0
+
+
+class Config(Section):
+    """The whole configuration. ``source`` is the file it came from, if any."""
+
+    storage: StorageConfig = StorageConfig()
+    rules_dir: str = ""
+    templates_dir: str = ""
+    address: list[RoutingAddress] = []
+    limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    mailbox: list[MailboxConfig] = []
+    threading: ThreadingConfig = ThreadingConfig()
+    relay: RelayConfig = RelayConfig()
+    autoresponse: AutoResponseConfig = AutoResponseConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    source: str = Field(default="", exclude=True)
+
+    # --- resolved paths -------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.storage.state_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.database_url or f"sqlite:///{self.state_dir / 'emaild.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return Path(self.storage.blob_dir) if self.storage.blob_dir else self.state_dir / "blobs"
+
+    @property
+    def rules_path(self) -> Path | None:
+        return Path(self.rules_dir) if self.rules_dir else None
+
+    @property
+    def templates_path(self) -> Path | None:
+        return Path(self.templates_dir) if self.templates_dir else None
+
+    def routing_address(self, address: str) -> RoutingAddress | None:
+        """The routing address that ``address`` (or one of its aliases) belongs to."""
+        wanted = address.strip().lower()
+        for routing in self.address:
+            if wanted in routing.all_addresses():
+                return routing
+        return None
+
+    @property
+    def default_address(self) -> RoutingAddress:
+        return self.address[0]
+
+
+DEFAULT_ADDRESS = {"address": "support@example.com", "name": "Example Support"}
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    """systemd's StateDirectory, else the XDG state directory."""
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "emaild")
+
+
+def config_path_from(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """``--config``, else ``EMAILD_CONFIG``; no file means the embedded default."""
+    chosen = explicit or env.get("EMAILD_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load, validate and resolve the configuration.
+
+    Raises ``ConfigError`` naming file, line, key and problem for the first mistake.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source: TomlSource | None = None
+    if path is not None:
+        source = TomlSource.load(path)
+        data = dict(source.data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, source, str(path) if path else "<defaults>") from None
+    return _resolve(config, path, env)
+
+
+def _first_error(exc: ValidationError, source: TomlSource | None, name: str) -> ConfigError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        problem = "unknown key"
+    elif kind == "missing":
+        problem = "required key is missing"
+    elif kind.endswith("_type") or kind in {"int_from_float", "model_type"}:
+        problem = f"wrong type: {err['msg'].lower()}, got {type(err['input']).__name__}"
+    else:
+        problem = err["msg"].removeprefix("Value error, ")
+    if source is not None:
+        return source.error(loc, problem)
+    return ConfigError(problem, file=name, key=".".join(map(str, loc)))
+
+
+def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Config:
+    base = path.resolve().parent if path else Path.cwd()
+
+    def rel(value: str) -> str:
+        return str((base / value).resolve()) if value and not Path(value).is_absolute() else value
+
+    storage = config.storage
+    state_dir = env.get("EMAILD_STATE_DIR") or rel(storage.state_dir) or default_state_dir(env)
+    database_url = env.get("EMAILD_DATABASE_URL") or storage.database_url
+    storage = storage.model_copy(
+        update={
+            "state_dir": state_dir,
+            "database_url": database_url,
+            "blob_dir": rel(storage.blob_dir),
+        }
+    )
+    rules_dir = env.get("EMAILD_RULES_DIR") or rel(config.rules_dir)
+    if not rules_dir and (PROJECT_ROOT / "rules").is_dir():
+        rules_dir = str(PROJECT_ROOT / "rules")
+    templates_dir = env.get("EMAILD_TEMPLATES_DIR") or rel(config.templates_dir)
+    if not templates_dir and (PROJECT_ROOT / "config" / "templates").is_dir():
+        templates_dir = str(PROJECT_ROOT / "config" / "templates")
+    addresses = list(config.address) or [RoutingAddress.model_validate(DEFAULT_ADDRESS)]
+    seen: dict[str, str] = {}
+    for routing in addresses:
+        for addr in routing.all_addresses():
+            if addr in seen:
+                raise ConfigError(
+                    f"{addr} is listed twice (also under {seen[addr]})",
+                    file=str(path) if path else None,
+                    key="address",
+                )
+            seen[addr] = routing.address
+    smtp = config.smtp
+    if env.get("EMAILD_SMTP_LISTEN"):
+        smtp = smtp.model_copy(update={"listen": [env["EMAILD_SMTP_LISTEN"]]})
+    if env.get("EMAILD_LMTP_LISTEN"):
+        smtp = smtp.model_copy(update={"lmtp_listen": [env["EMAILD_LMTP_LISTEN"]]})
+    relay = config.relay
+    if env.get("EMAILD_SMTP_RELAY"):
+        host, _, port = env["EMAILD_SMTP_RELAY"].rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("expected HOST:PORT", key="EMAILD_SMTP_RELAY")
+        relay = relay.model_copy(update={"host": host.strip("[]"), "port": int(port)})
+    return config.model_copy(
+        update={
+            "storage": storage,
+            "rules_dir": rules_dir,
+            "templates_dir": templates_dir,
+            "address": addresses,
+            "smtp": smtp,
+            "relay": relay,
+            "source": str(path) if path else "",
+        }
+    )

@@ -1,0 +1,1 @@
+"""Turning raw RFC 5322 bytes into a ``ParsedMessage``."""

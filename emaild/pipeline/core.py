@@ -1,0 +1,262 @@
+"""``Pipeline.ingest``: the one entry point every channel calls.
+
+The raw bytes are written to the blob store first. Stages then run in the order
+of ``STAGES``; those that need the database share ONE transaction, opened at the
+first of them, so a message is either fully stored or not at all. A stage that
+raises (anything but ``TransientError``) sends the message to quarantine, raw
+and with the error, and the caller still gets a stored outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from emaild.config import Config
+from emaild.errors import InputError, TransientError
+from emaild.pipeline.context import Envelope, IngestContext, IngestResult, Outcome
+from emaild.pipeline.stages import STAGES, Stage
+from emaild.store.blobs import BlobStore
+from emaild.store.database import Database, translate_errors
+from emaild.store.models import QuarantineEntry
+
+log = structlog.get_logger("emaild.pipeline")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Pipeline:
+    """Parses, decides and stores messages. Thread-safe: one call per message."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        stages: Sequence[Stage] = STAGES,
+        clock: Callable[[], datetime] = utcnow,
+        services: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.blobs = blobs
+        self.stages = tuple(stages)
+        self.clock = clock
+        # Collaborators later stages need (rule set, templates, signer...), by name.
+        self.services: dict[str, Any] = dict(services or {})
+
+    def ingest(self, raw: bytes, envelope: Envelope, *, store: bool = True) -> IngestResult:
+        """Store ``raw`` as a case, an appended message, or a quarantine entry.
+
+        Returns only once the outcome is durably committed. Raises
+        ``TransientError`` when storage is unavailable (the caller must not
+        acknowledge) and ``InputError`` for input that is not mail at all.
+        """
+        if not raw.strip():
+            raise InputError("empty message")
+        limit = self.config.limits.max_message_bytes
+        if len(raw) > limit:
+            raise InputError(f"message is {len(raw)} bytes, over the {limit} byte limit")
+        if store:
+            raw_sha, _ = self.blobs.put(raw)
+        else:
+            raw_sha = hashlib.sha256(raw).hexdigest()
+        ctx = IngestContext(
+            raw=raw,
+            raw_sha256=raw_sha,
+            envelope=envelope,
+            config=self.config,
+            pipeline=self,
+            now=self.clock(),
+        )
+        bound = log.bind(channel=envelope.channel, peer=envelope.peer, raw_sha256=raw_sha[:16])
+        if not store:
+            return self._dry_run(ctx)
+        try:
+            result = self._run(ctx)
+        except TransientError as exc:
+            bound.warning("ingest.tempfail", error=str(exc))
+            raise
+        except _StageFailed as failed:
+            return self._quarantine(ctx, failed.stage, failed.error, bound)
+        bound.info(
+            "ingest.stored",
+            outcome=result.outcome.value,
+            case=result.case_number,
+            message_id=ctx.parsed.message_id if ctx.parsed else "",
+        )
+        return result
+
+    # ------------------------------------------------------------------
+    def _run(self, ctx: IngestContext) -> IngestResult:
+        session: Session | None = None
+        try:
+            for stage in self.stages:
+                if stage.needs_session and session is None:
+                    session = self.db.sessions()
+                    with translate_errors():
+                        session.begin()
+                    ctx.session = session
+                _run_stage(stage, ctx)
+                if ctx.stopped:
+                    break
+            if session is not None:
+                if ctx.message is not None and not ctx.extra.get("duplicate"):
+                    ctx.message.decision_trace = ctx.trace_json()
+                try:
+                    with translate_errors():
+                        session.commit()
+                except IntegrityError:
+                    # Another worker stored the same message first (contract 2).
+                    session.rollback()
+                    return self._duplicate_after_race(ctx)
+        except BaseException:
+            if session is not None:
+                session.rollback()
+            raise
+        finally:
+            if session is not None:
+                session.close()
+                ctx.session = None
+        outcome = ctx.outcome or Outcome.NEW_CASE
+        return IngestResult(
+            outcome=outcome,
+            case_number=ctx.case.id if ctx.case is not None else None,
+            message_row_id=ctx.message.id if ctx.message is not None else None,
+            quarantine_id=ctx.extra.get("quarantine_id"),
+            detail=ctx.disposition_reason,
+            trace=tuple(ctx.trace_json()),
+        )
+
+    def _dry_run(self, ctx: IngestContext) -> IngestResult:
+        """Run the stages that do not need the database (``emaild rules test``)."""
+        for stage in self.stages:
+            if stage.needs_session:
+                break
+            _run_stage(stage, ctx)
+            if ctx.stopped:
+                break
+        return IngestResult(
+            outcome=ctx.outcome or Outcome.NEW_CASE,
+            detail=ctx.disposition_reason,
+            trace=tuple(ctx.trace_json()),
+        )
+
+    def _duplicate_after_race(self, ctx: IngestContext) -> IngestResult:
+        from emaild.store.models import Message
+
+        assert ctx.parsed is not None
+        key = ctx.parsed.dedup_key
+        with self.db.session() as session:
+            row = session.scalars(select(Message).where(Message.dedup_key == key)).first()
+            if row is None:
+                raise TransientError("write conflict; retry")
+            return IngestResult(
+                Outcome.DUPLICATE,
+                case_number=row.case_id,
+                message_row_id=row.id,
+                detail="stored concurrently",
+            )
+
+    def _quarantine(
+        self, ctx: IngestContext, stage: str, error: BaseException, bound: Any
+    ) -> IngestResult:
+        detail = f"{type(error).__name__}: {error}"
+        bound.error(
+            "ingest.quarantined",
+            stage=stage,
+            error=detail,
+            traceback="".join(traceback.format_exception(error))[-4000:],
+        )
+        entry_id = record_quarantine(self.db, ctx, stage=stage, error=detail, reason="error")
+        return IngestResult(
+            Outcome.QUARANTINED,
+            quarantine_id=entry_id,
+            detail=detail,
+            trace=tuple(ctx.trace_json()),
+        )
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
+
+
+def _run_stage(stage: Stage, ctx: IngestContext) -> None:
+    try:
+        stage(ctx)
+    except (TransientError, _StageFailed):
+        raise
+    except InputError as exc:
+        raise _StageFailed(stage.name, exc) from exc
+    except Exception as exc:
+        if _is_database_outage(exc):
+            raise TransientError(f"database unavailable: {exc}") from exc
+        raise _StageFailed(stage.name, exc) from exc
+
+
+def _is_database_outage(exc: Exception) -> bool:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def record_quarantine(
+    db: Database, ctx: IngestContext, *, stage: str, error: str, reason: str, headers: str = ""
+) -> int:
+    """Keep the message in quarantine; the same held raw bytes are one entry."""
+
+    def work(session: Session) -> int:
+        existing = session.scalars(
+            select(QuarantineEntry).where(
+                QuarantineEntry.raw_sha256 == ctx.raw_sha256, QuarantineEntry.status == "held"
+            )
+        ).first()
+        if existing is not None:
+            existing.attempts += 1
+            existing.last_attempt_at = ctx.now
+            existing.error = error
+            existing.stage = stage
+            return existing.id
+        entry = QuarantineEntry(
+            created_at=ctx.now,
+            channel=ctx.envelope.channel,
+            envelope_from=ctx.envelope.mail_from,
+            envelope_to=list(ctx.envelope.rcpt_to),
+            raw_sha256=ctx.raw_sha256,
+            raw_size=len(ctx.raw),
+            reason=reason,
+            stage=stage,
+            error=error[:10000],
+            status="held",
+            last_attempt_at=ctx.now,
+            headers=headers or _header_block(ctx.raw),
+        )
+        session.add(entry)
+        session.flush()
+        return entry.id
+
+    return db.run(work, attempts=3)
+
+
+def _header_block(raw: bytes) -> str:
+    end = raw.find(b"\r\n\r\n")
+    if end == -1:
+        end = raw.find(b"\n\n")
+    block = raw[: end if end != -1 else 16384][:16384]
+    return block.decode("utf-8", "replace")

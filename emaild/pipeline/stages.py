@@ -1,0 +1,284 @@
+"""The stages of ``Pipeline.ingest``, in order. ``STAGES`` is the whole pipeline.
+
+Each stage is a small object with a ``name``, a one-line ``description`` and a
+``__call__(ctx)``. Stages with ``needs_session`` run inside the message's one
+database transaction; the others run before it is opened, so parsing never
+holds a database lock. A stage records every decision it takes with
+``ctx.decide`` so the stored message explains itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from sqlalchemy import select
+
+from emaild.classify import classify
+from emaild.mime.parse import parse_message
+from emaild.pipeline.context import CaseFields, IngestContext, Outcome
+from emaild.store.models import Attachment, Case, CaseParticipant, Message
+
+
+class Stage(Protocol):
+    name: str
+    description: str
+    needs_session: bool
+
+    def __call__(self, ctx: IngestContext) -> None: ...
+
+
+class ParseStage:
+    name = "parse"
+    description = "decode headers, bodies and attachments; spool attachments to the blob store"
+    needs_session = False
+
+    def __call__(self, ctx: IngestContext) -> None:
+        limits = ctx.config.limits
+        ctx.parsed = parse_message(
+            ctx.raw,
+            spool_threshold=limits.spool_part_bytes,
+            sink=ctx.pipeline.blobs if ctx.pipeline.blobs else None,
+            raw_sha256=ctx.raw_sha256,
+        )
+        p = ctx.parsed
+        ctx.decide(
+            self.name,
+            "parsed",
+            message_id=p.message_id,
+            subject=p.subject,
+            attachments=len(p.attachments),
+            defects=len(p.defects),
+        )
+        big = [a.filename for a in p.attachments if a.size > limits.max_attachment_bytes]
+        if big:
+            ctx.decide(
+                self.name,
+                "attachment over limit kept",
+                files=big,
+                limit=limits.max_attachment_bytes,
+            )
+
+
+class RouteStage:
+    name = "route"
+    description = "choose the routing address: channel hint, envelope, then headers, else default"
+    needs_session = False
+
+    def __call__(self, ctx: IngestContext) -> None:
+        assert ctx.parsed is not None
+        config = ctx.config
+        candidates: list[tuple[str, str]] = []
+        if ctx.envelope.routing_hint:
+            candidates.append(("channel", ctx.envelope.routing_hint))
+        candidates += [("envelope", r) for r in ctx.envelope.rcpt_to]
+        for header in ("delivered-to", "x-original-to", "envelope-to"):
+            candidates += [(header, v.strip()) for v in ctx.parsed.header_all(header)]
+        candidates += [("to", a.addr) for a in ctx.parsed.to]
+        candidates += [("cc", a.addr) for a in ctx.parsed.cc]
+        for source, address in candidates:
+            routing = config.routing_address(address)
+            if routing is not None:
+                ctx.routing = routing
+                ctx.decide(
+                    self.name,
+                    "routing address",
+                    address=routing.address,
+                    via=source,
+                    matched=address.lower(),
+                )
+                break
+        else:
+            ctx.routing = config.default_address
+            ctx.decide(self.name, "routing address", address=ctx.routing.address, via="default")
+        r = ctx.routing
+        ctx.fields = CaseFields(
+            priority=r.priority,
+            origin=r.origin,
+            owner=r.owner,
+            category=r.category,
+            tags=list(r.tags),
+            auto_response=r.auto_response,
+        )
+        ctx.decide(self.name, "routing defaults", **ctx.fields.as_json())
+
+
+class ClassifyStage:
+    name = "classify"
+    description = "flag auto-submitted, bulk, bounce, report, vacation and reply mail"
+    needs_session = False
+
+    def __call__(self, ctx: IngestContext) -> None:
+        assert ctx.parsed is not None
+        mail_from = ctx.envelope.mail_from if ctx.envelope.channel in ("smtp", "lmtp") else None
+        ctx.classification = classify(ctx.parsed, mail_from)
+        ctx.decide(self.name, "classified", flags=list(ctx.classification.reasons))
+
+
+class DeduplicateStage:
+    name = "deduplicate"
+    description = "a message already stored (same Message-ID, or same bytes) is not stored again"
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        assert ctx.parsed is not None and ctx.session is not None
+        key = ctx.parsed.dedup_key
+        existing = ctx.session.scalars(select(Message).where(Message.dedup_key == key)).first()
+        if existing is None:
+            return
+        ctx.message = existing
+        ctx.case = existing.case
+        ctx.decide(self.name, "duplicate", key=key, message_row=existing.id, case=existing.case_id)
+        ctx.extra["duplicate"] = True
+        ctx.stop(Outcome.DUPLICATE)
+
+
+class CorrelateStage:
+    name = "correlate"
+    description = "find the case this message belongs to (threading), else a new case"
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        ctx.decide(self.name, "new case", reason="no threading evidence checked")
+
+
+class PersistStage:
+    name = "persist"
+    description = "write the case, message, attachments and participants"
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        assert ctx.parsed is not None and ctx.session is not None and ctx.routing is not None
+        session, p, now = ctx.session, ctx.parsed, ctx.now
+        if ctx.disposition in (Outcome.DROPPED, Outcome.HELD):
+            ctx.message = self._message(ctx, state=ctx.disposition.value)
+            session.add(ctx.message)
+            session.flush()
+            ctx.decide(self.name, ctx.disposition.value, reason=ctx.disposition_reason)
+            ctx.stop(ctx.disposition)
+            return
+        if ctx.case is None:
+            customer = p.reply_to or p.from_
+            ctx.case = Case(
+                subject=p.subject,
+                status="new",
+                priority=ctx.fields.priority,
+                origin=ctx.fields.origin,
+                owner=ctx.fields.owner,
+                category=ctx.fields.category,
+                tags=list(ctx.fields.tags),
+                routing_address=ctx.routing.address,
+                customer=p.from_addr,
+                customer_name=customer.name if customer else "",
+                linked_case_id=ctx.linked_case_id,
+                mentioned_number=ctx.mentioned_number,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(ctx.case)
+            session.flush()
+            ctx.outcome = Outcome.NEW_CASE
+        else:
+            ctx.case.updated_at = now
+            ctx.outcome = Outcome.APPENDED
+        self._participants(ctx)
+        ctx.message = self._message(ctx, state="stored")
+        ctx.message.case_id = ctx.case.id
+        session.add(ctx.message)
+        session.flush()
+        ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
+
+    @staticmethod
+    def _message(ctx: IngestContext, *, state: str) -> Message:
+        p = ctx.parsed
+        assert p is not None and ctx.routing is not None
+        cls = ctx.classification
+        fingerprint = hashlib.sha256(
+            "\x00".join((p.from_addr, p.subject, p.text[:8192])).encode("utf-8", "replace")
+        ).hexdigest()
+        message = Message(
+            direction="in",
+            state=state,
+            dedup_key=p.dedup_key,
+            message_id=p.message_id,
+            in_reply_to=p.in_reply_to,
+            references=p.references,
+            thread_index=p.thread_index,
+            from_addr=p.from_addr,
+            from_name=p.from_.name if p.from_ else "",
+            reply_to=p.reply_to.addr if p.reply_to else "",
+            to=[str(a) for a in p.to],
+            cc=[str(a) for a in p.cc],
+            subject=p.subject,
+            text=p.text,
+            html=p.html,
+            new_text=str(ctx.extra.get("new_text", p.text)),
+            headers=[list(h) for h in p.headers] if ctx.routing.save_headers else [],
+            raw_sha256=ctx.raw_sha256,
+            raw_size=len(ctx.raw),
+            channel=ctx.envelope.channel,
+            envelope_from=ctx.envelope.mail_from,
+            envelope_to=list(ctx.envelope.rcpt_to),
+            routing_address=ctx.routing.address,
+            is_auto=bool(cls and cls.is_auto),
+            is_bounce=bool(cls and cls.is_bounce),
+            fingerprint=fingerprint,
+            defects=p.defects,
+            date=p.date,
+            received_at=ctx.now,
+        )
+        message.attachments = [
+            Attachment(
+                filename=a.filename,
+                content_type=a.content_type,
+                content_id=a.content_id,
+                disposition=a.disposition,
+                size=a.size,
+                sha256=a.sha256,
+            )
+            for a in p.attachments
+        ]
+        return message
+
+    @staticmethod
+    def _participants(ctx: IngestContext) -> None:
+        assert ctx.case is not None and ctx.session is not None and ctx.parsed is not None
+        own = {a for r in ctx.config.address for a in r.all_addresses()}
+        wanted: dict[str, str] = {}
+        if ctx.parsed.from_addr:
+            wanted[ctx.parsed.from_addr] = "customer"
+        for other in ctx.parsed.cc + ctx.parsed.to:
+            wanted.setdefault(other.addr, "cc")
+        wanted = {a: r for a, r in wanted.items() if a not in own}
+        if not wanted:
+            return
+        existing = set()
+        if ctx.case.id is not None:
+            existing = set(
+                ctx.session.scalars(
+                    select(CaseParticipant.address).where(CaseParticipant.case_id == ctx.case.id)
+                )
+            )
+        for addr, role in wanted.items():
+            if addr not in existing:
+                ctx.session.add(CaseParticipant(case_id=ctx.case.id, address=addr, role=role))
+
+
+class AutoRespondStage:
+    name = "autorespond"
+    description = "queue the auto-response in the outbox, unless loop protection says no"
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        ctx.decide(self.name, "no auto-response", reason="auto-responses not configured")
+
+
+STAGES: tuple[Stage, ...] = (
+    ParseStage(),
+    RouteStage(),
+    ClassifyStage(),
+    DeduplicateStage(),
+    CorrelateStage(),
+    PersistStage(),
+    AutoRespondStage(),
+)

@@ -1,0 +1,1 @@
+"""Storage: the database (SQLAlchemy), its migrations, and the blob store."""

@@ -1,0 +1,114 @@
+"""Content-addressed blob store for raw messages and attachments.
+
+A blob's name is its sha256, so identical content is stored once. Writes go to
+a temporary file in the same directory tree, are fsynced, then renamed into
+place, so a reader never sees a partial blob and a crash leaves only a temp file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from emaild.errors import TransientError
+
+CHUNK = 1024 * 1024
+
+
+class BlobStore:
+    """Blobs under ``root/ab/cd/<sha256>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._tmp = self.root / "tmp"
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put(self, data: bytes | memoryview) -> tuple[str, int]:
+        """Store ``data``; returns (sha256, size)."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not self.exists(sha):
+            self._write(sha, (data,))
+        return sha, len(data)
+
+    def put_chunks(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """Store a stream of chunks without holding it whole; returns (sha256, size)."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = self._temp()
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            sha = digest.hexdigest()
+            self._publish(tmp, sha)
+        except OSError as exc:
+            _unlink(tmp)
+            raise TransientError(f"blob store write failed: {exc}") from exc
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return sha, size
+
+    def open(self, sha256: str) -> BinaryIO:
+        return self.path(sha256).open("rb")
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def _temp(self) -> tuple[int, str]:
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        except OSError as exc:
+            raise TransientError(f"blob store unavailable: {exc}") from exc
+
+    def _write(self, sha: str, chunks: Iterable[bytes | memoryview]) -> None:
+        fd, tmp = self._temp()
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._publish(tmp, sha)
+        except OSError as exc:
+            _unlink(tmp)
+            raise TransientError(f"blob store write failed: {exc}") from exc
+
+    def _publish(self, tmp: str, sha: str) -> None:
+        final = self.path(sha)
+        if final.is_file():
+            _unlink(tmp)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,157 @@
+"""Engine, sessions and schema migration for SQLite (default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from emaild.errors import ConfigError, TransientError
+from emaild.store.migrations import SCHEMA_HEAD
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+T = TypeVar("T")
+
+
+class Database:
+    """An engine plus a session factory, with the schema brought up to date."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, pool_size: int = 8) -> None:
+        self.url = url
+        self.engine = make_engine(url, busy_timeout=busy_timeout, pool_size=pool_size)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration (cheap when current)."""
+        with translate_errors():
+            if current_revision(self.engine) == SCHEMA_HEAD:
+                return
+            upgrade(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose database errors surface as ``TransientError``."""
+        with translate_errors(), self.sessions() as session:
+            yield session
+
+    def run(self, work: Callable[[Session], T], *, attempts: int = 1) -> T:
+        """Run ``work`` in one transaction, committed on success."""
+        for attempt in range(attempts):
+            try:
+                with self.session() as session, session.begin():
+                    return work(session)
+            except TransientError:
+                if attempt + 1 >= attempts:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def make_engine(url: str, *, busy_timeout: float = 30.0, pool_size: int = 8) -> Engine:
+    """An engine tuned for the backend: WAL and busy timeout on SQLite."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with a terse message
+        raise ConfigError(f"invalid database URL: {exc}", key="storage.database_url") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+        kwargs["pool_size"] = pool_size
+    elif parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() not in ("psycopg", ""):
+            raise ConfigError(
+                "use the psycopg 3 driver: postgresql+psycopg://...", key="storage.database_url"
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        kwargs["connect_args"] = {"connect_timeout": 5}
+        kwargs["pool_size"] = pool_size
+        kwargs["pool_pre_ping"] = True
+    else:
+        raise ConfigError(
+            f"unsupported database {parsed.get_backend_name()!r} "
+            "(use sqlite:///PATH or postgresql+psycopg://...)",
+            key="storage.database_url",
+        )
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except ImportError as exc:
+        raise ConfigError(f"database driver missing: {exc}", key="storage.database_url") from None
+    if engine.dialect.name == "sqlite":
+        timeout_ms = int(busy_timeout * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not pysqlite, decide when transactions begin: we
+            # need BEGIN IMMEDIATE so writers queue on the lock, not deadlock.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Database outages and lock timeouts become ``TransientError`` (retry later)."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise TransientError(f"database unavailable: {_short(exc)}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise TransientError(f"database connection lost: {_short(exc)}") from exc
+        raise
+    except SQLAlchemyError:
+        raise
+
+
+def _short(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        return str(row[0]) if row else None
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run Alembic migrations up to ``revision``."""
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)

@@ -1,0 +1,280 @@
+"""The database schema as typed SQLAlchemy 2 models.
+
+Every table the daemon uses lives here so the schema reads in one place; the
+Alembic migrations in ``migrations/versions`` must match it (a test checks).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        from datetime import UTC
+
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class Case(Base):
+    """A support case. Its ``id`` is the case number customers see."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    priority: Mapped[str] = mapped_column(String(16), default="Medium")
+    origin: Mapped[str] = mapped_column(String(64), default="Email")
+    owner: Mapped[str] = mapped_column(String(255), default="")
+    category: Mapped[str] = mapped_column(String(255), default="")
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    routing_address: Mapped[str] = mapped_column(String(320), index=True)
+    customer: Mapped[str] = mapped_column(String(320), default="", index=True)
+    customer_name: Mapped[str] = mapped_column(Text, default="")
+    linked_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), default=None)
+    mentioned_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    loop_count: Mapped[int] = mapped_column(Integer, default=0)
+    auto_responses: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="case", order_by="Message.id", foreign_keys="Message.case_id"
+    )
+    participants: Mapped[list[CaseParticipant]] = relationship(
+        back_populates="case", cascade="all, delete-orphan"
+    )
+
+
+class CaseParticipant(Base):
+    """An address that took part in a case (customer, cc); gates bare case numbers."""
+
+    __tablename__ = "case_participants"
+    __table_args__ = (UniqueConstraint("case_id", "address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="customer")
+
+    case: Mapped[Case] = relationship(back_populates="participants")
+
+
+class Message(Base):
+    """One inbound or outbound email, stored once however often it arrives."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_fingerprint_received", "fingerprint", "received_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True, default=None)
+    direction: Mapped[str] = mapped_column(String(3), default="in")
+    # held: accepted but not (yet) a case, e.g. unverified address; stored: on a case;
+    # dropped: a rule dropped it (raw kept); quarantined: see the quarantine table.
+    state: Mapped[str] = mapped_column(String(16), default="stored", index=True)
+    dedup_key: Mapped[str] = mapped_column(String(1024), unique=True)
+    message_id: Mapped[str] = mapped_column(String(998), default="", index=True)
+    in_reply_to: Mapped[str] = mapped_column(Text, default="")
+    references: Mapped[list[Any]] = mapped_column(default=list)
+    thread_index: Mapped[str] = mapped_column(String(64), default="", index=True)
+    from_addr: Mapped[str] = mapped_column(String(320), default="")
+    from_name: Mapped[str] = mapped_column(Text, default="")
+    reply_to: Mapped[str] = mapped_column(String(320), default="")
+    to: Mapped[list[Any]] = mapped_column(default=list)
+    cc: Mapped[list[Any]] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str] = mapped_column(Text, default="")
+    new_text: Mapped[str] = mapped_column(Text, default="")
+    headers: Mapped[list[Any]] = mapped_column(default=list)
+    raw_sha256: Mapped[str] = mapped_column(String(64))
+    raw_size: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(32), default="")
+    envelope_from: Mapped[str] = mapped_column(String(320), default="")
+    envelope_to: Mapped[list[Any]] = mapped_column(default=list)
+    routing_address: Mapped[str] = mapped_column(String(320), default="")
+    is_auto: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_bounce: Mapped[bool] = mapped_column(Boolean, default=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    defects: Mapped[list[Any]] = mapped_column(default=list)
+    decision_trace: Mapped[list[Any]] = mapped_column(default=list)
+    date: Mapped[datetime | None] = mapped_column(default=None)
+    received_at: Mapped[datetime]
+
+    case: Mapped[Case | None] = relationship(back_populates="messages", foreign_keys=[case_id])
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Attachment.id"
+    )
+
+
+class Attachment(Base):
+    """A MIME leaf part stored as a blob (identical content is stored once)."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str] = mapped_column(Text, default="")
+    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    content_id: Mapped[str] = mapped_column(String(998), default="")
+    disposition: Mapped[str] = mapped_column(String(32), default="attachment")
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+
+    message: Mapped[Message] = relationship(back_populates="attachments")
+
+
+class QuarantineEntry(Base):
+    """A message the pipeline could not process, kept raw with the error."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime]
+    channel: Mapped[str] = mapped_column(String(32), default="")
+    envelope_from: Mapped[str] = mapped_column(String(320), default="")
+    envelope_to: Mapped[list[Any]] = mapped_column(default=list)
+    raw_sha256: Mapped[str] = mapped_column(String(64), default="")
+    raw_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    headers: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(String(32), default="error")
+    stage: Mapped[str] = mapped_column(String(64), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    # held: waiting; released: retried into a case; discarded: an operator gave up.
+    status: Mapped[str] = mapped_column(String(16), default="held", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
+
+
+class OutboxItem(Base):
+    """An outgoing message, written in the same transaction as its cause."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
+        Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32), default="autoresponse")
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), default=None)
+    in_reply_to_row: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
+    mail_from: Mapped[str] = mapped_column(String(320), default="")
+    rcpt_to: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str] = mapped_column(String(998), default="", index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SuppressedRecipient(Base):
+    """An address we must not auto-respond to (marked undeliverable by a bounce)."""
+
+    __tablename__ = "suppressed_recipients"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class ImapCursor(Base):
+    """Where a mailbox folder's poll got to: (UIDVALIDITY, last UID)."""
+
+    __tablename__ = "imap_cursors"
+
+    mailbox: Mapped[str] = mapped_column(String(255), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
+class ChannelStatus(Base):
+    """Last success/failure of each channel, for ``emaild status``."""
+
+    __tablename__ = "channel_status"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    last_success_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_failure_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ManagedAddress(Base):
+    """A routing address managed with ``emaild address`` (config ones win on conflict)."""
+
+    __tablename__ = "routing_addresses"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    verified_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+
+
+class VerificationToken(Base):
+    """A single-use, expiring token (address verification, forwarding test)."""
+
+    __tablename__ = "verification_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    purpose: Mapped[str] = mapped_column(String(32), default="verify")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    used_via: Mapped[str] = mapped_column(String(32), default="")
