@@ -1,0 +1,5 @@
+"""``python -m emaild`` is the ``emaild`` command."""
+
+from emaild.cli import main
+
+main()
