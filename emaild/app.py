@@ -10,6 +10,7 @@ from typing import Any
 from emaild.config import Config
 from emaild.errors import ConfigError
 from emaild.pipeline.core import Pipeline
+from emaild.services import build_services
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
 
@@ -45,9 +46,23 @@ class App:
         if migrate:
             db.migrate()
         blobs = BlobStore(config.blob_dir)
-        services: dict[str, Any] = {}
+        services = build_services(config)
         pipeline = Pipeline(config, db, blobs, services=services)
         return cls(config=config, db=db, blobs=blobs, pipeline=pipeline, services=services)
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new config's rules, templates and settings, or raise and keep the old.
+
+        Storage settings (database URL, state and blob directories) need a restart.
+        """
+        services = build_services(config)  # raises ConfigError: nothing changes
+        for attr in ("database_url", "state_dir", "blob_dir"):
+            if getattr(config, attr) != getattr(self.config, attr):
+                raise ConfigError(f"changing {attr} needs a restart", key="storage")
+        self.config = config
+        self.services = services
+        self.pipeline.config = config
+        self.pipeline.services = services
 
     def close(self) -> None:
         self.db.dispose()

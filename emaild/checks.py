@@ -20,7 +20,13 @@ def check_addresses(config: Config) -> str:
     return "routing addresses: " + ", ".join(r.address for r in config.address)
 
 
-CHECKS: tuple[Check, ...] = (check_storage, check_addresses)
+def check_services(config: Config) -> str:
+    from emaild.services import build_services
+
+    return "services: " + ", ".join(sorted(build_services(config)))
+
+
+CHECKS: tuple[Check, ...] = (check_storage, check_addresses, check_services)
 
 
 def run_checks(config: Config) -> list[str]:

@@ -124,8 +124,11 @@ def make_config(tmp_path: Path, state_dir: Path, database_url: str) -> Any:
     def build(toml: str = "", **env: str) -> Config:
         path = tmp_path / "emaild.toml"
         path.write_text(toml, encoding="utf-8")
-        environ = {"EMAILD_STATE_DIR": str(state_dir), "EMAILD_DATABASE_URL": database_url,
-                   "HOME": str(tmp_path)}
+        environ = {
+            "EMAILD_STATE_DIR": str(state_dir),
+            "EMAILD_DATABASE_URL": database_url,
+            "HOME": str(tmp_path),
+        }
         environ.update(env)
         return load_config(path, environ)
 
@@ -148,8 +151,13 @@ def app(config: Config) -> Iterator[App]:
 def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for running ``emaild`` as a subprocess on this test's storage."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}
-    env.update({"EMAILD_STATE_DIR": str(state_dir), "EMAILD_DATABASE_URL": database_url,
-                "HOME": str(tmp_path)})
+    env.update(
+        {
+            "EMAILD_STATE_DIR": str(state_dir),
+            "EMAILD_DATABASE_URL": database_url,
+            "HOME": str(tmp_path),
+        }
+    )
     return env
 
 
@@ -157,11 +165,21 @@ def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str
 def run_cli(cli_env: dict[str, str]) -> Any:
     """Run ``emaild ARGS`` in a subprocess; returns the CompletedProcess."""
 
-    def run(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        *args: str,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[bytes]:
         full_env = dict(cli_env)
         full_env.update(env or {})
-        return subprocess.run([sys.executable, "-m", "emaild", *args], input=input,
-                              capture_output=True, env=full_env, timeout=timeout, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "emaild", *args],
+            input=input,
+            capture_output=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+        )
 
     return run

@@ -56,12 +56,21 @@ class Pipeline:
         # Collaborators later stages need (rule set, templates, signer...), by name.
         self.services: dict[str, Any] = dict(services or {})
 
-    def ingest(self, raw: bytes, envelope: Envelope, *, store: bool = True) -> IngestResult:
+    def ingest(
+        self,
+        raw: bytes,
+        envelope: Envelope,
+        *,
+        store: bool = True,
+        also: Callable[[Session], None] | None = None,
+    ) -> IngestResult:
         """Store ``raw`` as a case, an appended message, or a quarantine entry.
 
         Returns only once the outcome is durably committed. Raises
         ``TransientError`` when storage is unavailable (the caller must not
         acknowledge) and ``InputError`` for input that is not mail at all.
+        ``also`` runs in the same transaction just before commit, whatever the
+        outcome (the IMAP poller advances its cursor there).
         """
         if not raw.strip():
             raise InputError("empty message")
@@ -80,6 +89,7 @@ class Pipeline:
             pipeline=self,
             now=self.clock(),
         )
+        ctx.extra["also"] = also
         bound = log.bind(channel=envelope.channel, peer=envelope.peer, raw_sha256=raw_sha[:16])
         if not store:
             return self._dry_run(ctx)
@@ -111,9 +121,17 @@ class Pipeline:
                 _run_stage(stage, ctx)
                 if ctx.stopped:
                     break
+            also = ctx.extra.get("also")
+            if session is None and also is not None:
+                session = self.db.sessions()
+                with translate_errors():
+                    session.begin()
             if session is not None:
                 if ctx.message is not None and not ctx.extra.get("duplicate"):
                     ctx.message.decision_trace = ctx.trace_json()
+                if also is not None:
+                    with translate_errors():
+                        also(session)
                 try:
                     with translate_errors():
                         session.commit()
@@ -179,7 +197,9 @@ class Pipeline:
             error=detail,
             traceback="".join(traceback.format_exception(error))[-4000:],
         )
-        entry_id = record_quarantine(self.db, ctx, stage=stage, error=detail, reason="error")
+        entry_id = record_quarantine(
+            self.db, ctx, stage=stage, error=detail, reason="error", also=ctx.extra.get("also")
+        )
         return IngestResult(
             Outcome.QUARANTINED,
             quarantine_id=entry_id,
@@ -217,11 +237,23 @@ def _is_database_outage(exc: Exception) -> bool:
 
 
 def record_quarantine(
-    db: Database, ctx: IngestContext, *, stage: str, error: str, reason: str, headers: str = ""
+    db: Database,
+    ctx: IngestContext,
+    *,
+    stage: str,
+    error: str,
+    reason: str,
+    headers: str = "",
+    also: Callable[[Session], None] | None = None,
 ) -> int:
-    """Keep the message in quarantine; the same held raw bytes are one entry."""
+    """Keep the message in quarantine; the same held raw bytes are one entry.
+
+    ``also`` runs in the same transaction (the IMAP cursor moves on with it).
+    """
 
     def work(session: Session) -> int:
+        if also is not None:
+            also(session)
         existing = session.scalars(
             select(QuarantineEntry).where(
                 QuarantineEntry.raw_sha256 == ctx.raw_sha256, QuarantineEntry.status == "held"

@@ -1,0 +1,20 @@
+"""Routing-address policy shared by the pipeline and the SMTP listener."""
+
+from __future__ import annotations
+
+from emaild.config import RoutingAddress
+
+
+def sender_allowed(routing: RoutingAddress, sender: str) -> bool:
+    """ "Accept email from": empty list = anyone; else an address or domain match."""
+    if not routing.accept_from:
+        return True
+    sender = sender.strip().lower()
+    domain = sender.rpartition("@")[2]
+    for allowed in routing.accept_from:
+        if "@" in allowed and not allowed.startswith("@"):
+            if sender == allowed:
+                return True
+        elif domain == allowed.lstrip("@") or domain.endswith("." + allowed.lstrip("@")):
+            return True
+    return False

@@ -1,0 +1,30 @@
+"""Collaborators built from the config (rule set, templates, signer, ...).
+
+Each entry of ``SERVICE_LOADERS`` is ``(name, loader)``; a loader turns a
+``Config`` into the object stages find in ``pipeline.services[name]``, and
+raises ``ConfigError`` (``file:line: ...``) for bad input. ``emaild check``
+builds them all; SIGHUP rebuilds them and swaps them in only if all succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from emaild.config import Config
+
+ServiceLoader = Callable[[Config], Any]
+
+
+def _signer(config: Config) -> Any:
+    from emaild.correlation.tokens import load_signer
+
+    return load_signer(config)
+
+
+SERVICE_LOADERS: tuple[tuple[str, ServiceLoader], ...] = (("signer", _signer),)
+
+
+def build_services(config: Config) -> dict[str, Any]:
+    """Build every service for ``config``; the first bad one raises ``ConfigError``."""
+    return {name: loader(config) for name, loader in SERVICE_LOADERS}

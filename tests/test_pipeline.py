@@ -1,0 +1,81 @@
+"""The pipeline end to end on both backends: new case, duplicate, quarantine."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from emaild.app import App
+from emaild.pipeline import Envelope, Outcome
+from emaild.store.models import Case, Message, QuarantineEntry
+
+SIMPLE = (
+    b"From: Alice Example <alice@customer.test>\r\n"
+    b"To: support@example.com\r\n"
+    b"Subject: =?utf-8?q?Printer_on_fire_=E2=80=94_help?=\r\n"
+    b"Message-ID: <m1@customer.test>\r\n"
+    b"\r\n"
+    b"It is on fire.\r\n"
+)
+
+
+def count(app: App, model: type) -> int:
+    with app.db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_new_case_then_duplicate(app: App) -> None:
+    first = app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
+    assert first.outcome is Outcome.NEW_CASE
+    assert first.case_number is not None
+    second = app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
+    assert second.outcome is Outcome.DUPLICATE
+    assert second.case_number == first.case_number
+    assert count(app, Case) == 1
+    assert count(app, Message) == 1
+    with app.db.session() as s:
+        case = s.get(Case, first.case_number)
+        assert case is not None
+        assert case.subject == "Printer on fire — help"
+        assert case.customer == "alice@customer.test"
+        message = s.scalars(select(Message)).one()
+        assert message.text.strip() == "It is on fire."
+        assert [d["stage"] for d in message.decision_trace][:2] == ["parse", "route"]
+    assert app.blobs.read(first_raw_sha(app)) == SIMPLE
+
+
+def first_raw_sha(app: App) -> str:
+    with app.db.session() as s:
+        return str(s.scalars(select(Message.raw_sha256)).one())
+
+
+def test_same_bytes_without_message_id_is_one_case(app: App) -> None:
+    raw = SIMPLE.replace(b"Message-ID: <m1@customer.test>\r\n", b"")
+    assert app.pipeline.ingest(raw, Envelope()).outcome is Outcome.NEW_CASE
+    assert app.pipeline.ingest(raw, Envelope()).outcome is Outcome.DUPLICATE
+    other = raw.replace(b"fire.", b"fire!")
+    assert app.pipeline.ingest(other, Envelope()).outcome is Outcome.NEW_CASE
+    assert count(app, Case) == 2
+
+
+def test_failing_stage_quarantines_raw(app: App) -> None:
+    class Boom:
+        name = "boom"
+        description = "always fails"
+        needs_session = True
+
+        def __call__(self, ctx: object) -> None:
+            raise RuntimeError("kaboom")
+
+    app.pipeline.stages = (*app.pipeline.stages[:3], Boom())
+    result = app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
+    assert result.outcome is Outcome.QUARANTINED
+    assert count(app, Case) == 0
+    with app.db.session() as s:
+        entry = s.scalars(select(QuarantineEntry)).one()
+        assert entry.stage == "boom"
+        assert "kaboom" in entry.error
+        assert app.blobs.read(entry.raw_sha256) == SIMPLE
+    # The same bytes failing again are one entry with two attempts, not two entries.
+    app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
+    with app.db.session() as s:
+        assert s.scalars(select(QuarantineEntry)).one().attempts == 2
