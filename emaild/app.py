@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emaild.addresses import AddressBook
 from emaild.config import Config
 from emaild.errors import ConfigError
 from emaild.pipeline.core import Pipeline
@@ -47,6 +48,7 @@ class App:
             db.migrate()
         blobs = BlobStore(config.blob_dir)
         services = build_services(config)
+        services["addresses"] = AddressBook(config, db)
         pipeline = Pipeline(config, db, blobs, services=services)
         return cls(config=config, db=db, blobs=blobs, pipeline=pipeline, services=services)
 
@@ -56,6 +58,7 @@ class App:
         Storage settings (database URL, state and blob directories) need a restart.
         """
         services = build_services(config)  # raises ConfigError: nothing changes
+        services["addresses"] = AddressBook(config, self.db)
         for attr in ("database_url", "state_dir", "blob_dir"):
             if getattr(config, attr) != getattr(self.config, attr):
                 raise ConfigError(f"changing {attr} needs a restart", key="storage")

@@ -38,7 +38,7 @@ def ingest_cmd(ctx: Context, to: str, mail_from: str, as_json: bool, file: str) 
         else:
             click.echo(f"emaild: {exc}", err=True)
         sys.exit(exc.exit_code)
-    if to and app.config.routing_address(to) is None:
+    if to and app.pipeline.addresses.lookup(to) is None:
         click.echo(f"emaild: {to} is not a routing address", err=True)
         sys.exit(EX_DATAERR)
     answer = ingest_pipe(app.pipeline, raw, to=to, mail_from=mail_from)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from emaild.addresses import AddressBook
 from emaild.config import Config
 from emaild.errors import InputError, TransientError
 from emaild.pipeline.context import Envelope, IngestContext, IngestResult, Outcome
@@ -107,6 +108,14 @@ class Pipeline:
             message_id=ctx.parsed.message_id if ctx.parsed else "",
         )
         return result
+
+    @property
+    def addresses(self) -> AddressBook:
+        """The address book (config-declared and managed routing addresses)."""
+        book = self.services.get("addresses")
+        if book is None:
+            book = self.services["addresses"] = AddressBook(self.config, self.db)
+        return book  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------
     def _run(self, ctx: IngestContext) -> IngestResult:

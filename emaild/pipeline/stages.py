@@ -67,7 +67,7 @@ class RouteStage:
 
     def __call__(self, ctx: IngestContext) -> None:
         assert ctx.parsed is not None
-        config = ctx.config
+        book = ctx.pipeline.addresses
         candidates: list[tuple[str, str]] = []
         if ctx.envelope.routing_hint:
             candidates.append(("channel", ctx.envelope.routing_hint))
@@ -77,7 +77,7 @@ class RouteStage:
         candidates += [("to", a.addr) for a in ctx.parsed.to]
         candidates += [("cc", a.addr) for a in ctx.parsed.cc]
         for source, address in candidates:
-            routing = config.routing_address(address)
+            routing = book.lookup(address)
             if routing is not None:
                 ctx.routing = routing
                 ctx.decide(
@@ -89,7 +89,7 @@ class RouteStage:
                 )
                 break
         else:
-            ctx.routing = config.default_address
+            ctx.routing = book.default()
             ctx.decide(self.name, "routing address", address=ctx.routing.address, via="default")
         r = ctx.routing
         ctx.fields = CaseFields(
@@ -243,7 +243,7 @@ class PersistStage:
     @staticmethod
     def _participants(ctx: IngestContext) -> None:
         assert ctx.case is not None and ctx.session is not None and ctx.parsed is not None
-        own = {a for r in ctx.config.address for a in r.all_addresses()}
+        own = ctx.pipeline.addresses.own_addresses()
         wanted: dict[str, str] = {}
         if ctx.parsed.from_addr:
             wanted[ctx.parsed.from_addr] = "customer"
