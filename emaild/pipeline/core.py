@@ -115,7 +115,7 @@ class Pipeline:
         book = self.services.get("addresses")
         if book is None:
             book = self.services["addresses"] = AddressBook(self.config, self.db)
-        return book  # type: ignore[no-any-return]
+        return book
 
     # ------------------------------------------------------------------
     def _run(self, ctx: IngestContext) -> IngestResult:
