@@ -252,7 +252,8 @@ def default_state_dir(env: Mapping[str, str]) -> str:
     """systemd's StateDirectory, else the XDG state directory."""
     if env.get("STATE_DIRECTORY"):
         return env["STATE_DIRECTORY"].split(":")[0]
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    home = env.get("HOME") or str(Path.home())
+    base = env.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
     return str(Path(base) / "emaild")
 
 

@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
@@ -111,7 +111,7 @@ def parse_message(
 
     Raises ``InputError`` for input that is not a message at all.
     """
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise InputError("empty message")
     sink = sink or HashOnlySink()
     skeleton, spooled = spool_large_parts(raw, spool_threshold, sink)
@@ -169,13 +169,46 @@ def _attachment(
 
 
 def _decode(value: Any) -> str:
+    """A header value as Unicode: raw 8-bit (RFC 6532 UTF-8, else cp1252), then RFC 2047."""
     if value is None:
         return ""
-    text = str(value)
+    if isinstance(value, Header):  # 8-bit bytes in a header: the parser wraps them
+        value = "".join(_text(chunk, charset) for chunk, charset in decode_header(value))
+    text = _undo_surrogates(str(value))
+    if "=?" not in text:
+        return text
     try:
         return str(make_header(decode_header(text)))
     except (LookupError, UnicodeError, ValueError, binascii.Error, AssertionError):
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return text
+
+
+def _text(chunk: bytes | str, charset: str | None) -> str:
+    if isinstance(chunk, str):
+        return chunk
+    if charset and charset not in ("unknown-8bit", "us-ascii"):
+        try:
+            return chunk.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    try:
+        return chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return chunk.decode("cp1252", "replace")
+
+
+def _undo_surrogates(text: str) -> str:
+    """The stdlib parser keeps 8-bit header bytes as surrogates; decode them properly."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
 
 
 def _clean(value: str) -> str:
