@@ -183,3 +183,35 @@ def run_cli(cli_env: dict[str, str]) -> Any:
         )
 
     return run
+
+
+# --- a real SMTP relay on loopback (tests/relay_sink.py) -----------------------------
+@pytest.fixture(scope="session")
+def relay_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed (cert, key) for 127.0.0.1, made once per run with openssl."""
+    from relay_sink import make_certificate
+
+    return make_certificate(tmp_path_factory.mktemp("relay-tls"))
+
+
+@pytest.fixture
+def make_relay_sink() -> Iterator[Any]:
+    """Factory for extra sinks (STARTTLS, AUTH): ``make_relay_sink(auth=("u", "p"))``."""
+    from relay_sink import RelaySink
+
+    sinks: list[RelaySink] = []
+
+    def make(**kwargs: Any) -> RelaySink:
+        sink = RelaySink(**kwargs).start()
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        sink.stop()
+
+
+@pytest.fixture
+def relay_sink(make_relay_sink: Any) -> Any:
+    """A running plain-SMTP ``RelaySink``; ``relay_sink.relay_env`` points emaild at it."""
+    return make_relay_sink()

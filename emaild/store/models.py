@@ -216,6 +216,10 @@ class OutboxItem(Base):
     next_attempt_at: Mapped[datetime]
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A delivery worker's claim: while ``claimed_until`` is in the future no other
+    # process may send this item; an expired claim (a crashed worker) is taken over.
+    claimed_by: Mapped[str] = mapped_column(String(64), default="")
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class SuppressedRecipient(Base):
