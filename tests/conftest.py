@@ -43,6 +43,33 @@ def corpus() -> Path:
     return CORPUS
 
 
+# --- Dovecot: one throwaway IMAP server per run, a fresh user per test ----------------
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Any]:
+    """A running ``tests.dovecot.Dovecot`` on 127.0.0.1; ``dovecot.new_user()`` per test.
+
+    Skips locally, fails in CI, when Dovecot is not installed or does not start.
+    """
+    import shutil
+    import tempfile
+
+    from dovecot import Dovecot, available
+
+    require(available(), "dovecot is not installed (Debian: dovecot-imapd)")
+    # Not under pytest's tmp dir: that is private (0700) and, as root, Dovecot's
+    # unprivileged processes must traverse the server's directory.
+    root = Path(tempfile.mkdtemp(prefix="emaild-dovecot-"))
+    try:
+        server = Dovecot.start(root)
+    except RuntimeError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        require(False, str(exc))
+        raise
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # --- PostgreSQL: one migrated template per run, one fresh database per test ------------
 class _Postgres:
     def __init__(self) -> None:
