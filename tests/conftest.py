@@ -128,7 +128,8 @@ def postgres() -> Iterator[_Postgres]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL on each backend."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'emaild.db'}"
+        # The embedded default's location: the state directory.
+        yield f"sqlite:///{tmp_path / 'state' / 'emaild.db'}"
         return
     pg: _Postgres = request.getfixturevalue("postgres")
     require(not pg.error, pg.error)
@@ -140,7 +141,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
-    path.mkdir()
+    path.mkdir(exist_ok=True)
     return path
 
 
@@ -178,13 +179,9 @@ def app(config: Config) -> Iterator[App]:
 def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for running ``emaild`` as a subprocess on this test's storage."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}
-    env.update(
-        {
-            "EMAILD_STATE_DIR": str(state_dir),
-            "EMAILD_DATABASE_URL": database_url,
-            "HOME": str(tmp_path),
-        }
-    )
+    env.update({"EMAILD_STATE_DIR": str(state_dir), "HOME": str(tmp_path)})
+    if not database_url.startswith("sqlite"):  # SQLite: the default in the state dir
+        env["EMAILD_DATABASE_URL"] = database_url
     return env
 
 
