@@ -8,11 +8,19 @@ state directory and one routing address, ``support@example.com``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from emaild.errors import ConfigError
 from emaild.tomlsource import TomlSource
@@ -162,6 +170,38 @@ class ThreadingConfig(Section):
     body_token: bool = False
     body_token_format: str = "ref:{token}:ref"
 
+    @field_validator("subject_token_format", "body_token_format")
+    @classmethod
+    def _token_format(cls, value: str, info: ValidationInfo) -> str:
+        return _check_token_format(value, body=info.field_name == "body_token_format")
+
+
+def _check_token_format(fmt: str, *, body: bool) -> str:
+    """A token format must render, and be findable again in replies."""
+    from string import Formatter
+
+    try:
+        parsed = list(Formatter().parse(fmt))
+        names = {name for _, name, _, _ in parsed if name is not None}
+        if names - {"number", "token"}:
+            raise ValueError(f"unknown field in {fmt!r}: only {{number}} and {{token}}")
+        for _, name, spec, conv in parsed:
+            # Replies are read back as decimal digits: no hex, no signs, no !r.
+            if name == "number" and (conv or not re.fullmatch(r"0?\d*d?", spec or "")):
+                raise ValueError(f"{{number}} must be a plain decimal, like {{number:08d}}")
+        fmt.format(number=1, token="1.thread.0")
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"bad format {fmt!r}: {exc}") from None
+    literal = "".join(text for text, _, _, _ in parsed)
+    if body and "token" not in names:
+        raise ValueError("the body token must contain {token}: bare numbers in bodies are no proof")
+    if not names:
+        raise ValueError("the subject token must contain {number} or {token}")
+    if "token" not in names and not literal.strip():
+        # A bare number would turn any digits in a subject into a case claim.
+        raise ValueError("{number} needs text around it, e.g. [Case #{number:08d}]")
+    return fmt
+
 
 class RelayConfig(Section):
     """The SMTP relay outgoing mail (auto-responses, verification) goes through."""
@@ -188,6 +228,13 @@ class AutoResponseConfig(Section):
     loop_window_minutes: Annotated[int, Field(ge=1)] = 15
 
 
+class VerificationConfig(Section):
+    """Routing-address verification and the forwarding test (``emaild address``)."""
+
+    token_ttl_hours: Annotated[float, Field(gt=0)] = 72.0
+    hold_unverified: bool = True
+
+
 class DaemonConfig(Section):
     """Process lifecycle under systemd."""
 
@@ -209,7 +256,11 @@ class Config(Section):
     relay: RelayConfig = RelayConfig()
     autoresponse: AutoResponseConfig = AutoResponseConfig()
     daemon: DaemonConfig = DaemonConfig()
+    verification: VerificationConfig = VerificationConfig()
     source: str = Field(default="", exclude=True)
+    # True when no [[address]] was configured and the embedded default stands in;
+    # addresses managed with ``emaild address`` then replace it (emaild.addresses).
+    default_address_only: bool = Field(default=False, exclude=True)
 
     # --- resolved paths -------------------------------------------------
     @property
@@ -351,5 +402,6 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "smtp": smtp,
             "relay": relay,
             "source": str(path) if path else "",
+            "default_address_only": not config.address,
         }
     )

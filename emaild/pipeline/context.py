@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,10 @@ class IngestContext:
     trace: list[Decision] = field(default_factory=list)
     stopped: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run in the message's transaction after the last stage (ctx.message exists),
+    # and after a successful commit (errors there are logged, never raised).
+    before_commit: list[Callable[[IngestContext], None]] = field(default_factory=list)
+    after_commit: list[Callable[[IngestContext], None]] = field(default_factory=list)
 
     def decide(self, stage: str, decision: str, **evidence: Any) -> None:
         """Record a decision on the message's trace (and so in the database)."""

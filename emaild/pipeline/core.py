@@ -136,6 +136,8 @@ class Pipeline:
                 with translate_errors():
                     session.begin()
             if session is not None:
+                for hook in ctx.before_commit:
+                    _guarded("before_commit", hook, ctx)
                 if ctx.message is not None and not ctx.extra.get("duplicate"):
                     ctx.message.decision_trace = ctx.trace_json()
                 if also is not None:
@@ -156,6 +158,13 @@ class Pipeline:
             if session is not None:
                 session.close()
                 ctx.session = None
+        # Follow-up work (releasing held mail on verification) runs once the message
+        # is durably stored; its failure must not turn a stored message into a retry.
+        for hook in ctx.after_commit:
+            try:
+                hook(ctx)
+            except Exception as exc:
+                log.error("ingest.after_commit_failed", error=f"{type(exc).__name__}: {exc}")
         outcome = ctx.outcome or Outcome.NEW_CASE
         return IngestResult(
             outcome=outcome,
@@ -225,16 +234,21 @@ class _StageFailed(Exception):
 
 
 def _run_stage(stage: Stage, ctx: IngestContext) -> None:
+    _guarded(stage.name, stage, ctx)
+
+
+def _guarded(name: str, call: Callable[[IngestContext], None], ctx: IngestContext) -> None:
+    """Run a stage or hook: outages become ``TransientError``, other errors quarantine."""
     try:
-        stage(ctx)
+        call(ctx)
     except (TransientError, _StageFailed):
         raise
     except InputError as exc:
-        raise _StageFailed(stage.name, exc) from exc
+        raise _StageFailed(name, exc) from exc
     except Exception as exc:
         if _is_database_outage(exc):
             raise TransientError(f"database unavailable: {exc}") from exc
-        raise _StageFailed(stage.name, exc) from exc
+        raise _StageFailed(name, exc) from exc
 
 
 def _is_database_outage(exc: Exception) -> bool:

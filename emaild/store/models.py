@@ -282,3 +282,5 @@ class VerificationToken(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None] = mapped_column(default=None)
     used_via: Mapped[str] = mapped_column(String(32), default="")
+    # The message that carried the token back (None: confirmed by hand, or unused).
+    message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
