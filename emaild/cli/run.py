@@ -1,0 +1,34 @@
+"""``emaild run``: the daemon (SMTP/LMTP listeners, scheduler, components)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from emaild.cli.base import Context, pass_ctx
+from emaild.config import config_path_from
+
+
+@click.command("run")
+@pass_ctx
+def run_cmd(ctx: Context) -> None:
+    """Run the daemon until SIGTERM (exit 0 after draining); SIGHUP reloads.
+
+    Listens for SMTP on smtp.listen (default 127.0.0.1:2525, env
+    EMAILD_SMTP_LISTEN) and LMTP on smtp.lmtp_listen (env EMAILD_LMTP_LISTEN),
+    or on the sockets systemd passes (socket activation).
+    """
+    from emaild.daemon import Daemon
+    from emaild.systemd import listen_fds
+
+    app = ctx.app()
+    # Taken (and removed from the environment) before anything else can fork.
+    sockets = listen_fds(os.environ)
+    daemon = Daemon(app, config_path=config_path_from(ctx.config_path, os.environ), sockets=sockets)
+    sys.exit(daemon.run())
+
+
+def register(group: click.Group) -> None:
+    group.add_command(run_cmd)
