@@ -30,6 +30,13 @@ class Context:
             logs.configure(self._config.logging.level, self._config.logging.format)
         return self._config
 
+    def quiet(self, verbose: bool = False) -> None:
+        """Log only errors: an MTA reading a pipe command's stderr wants one clear line."""
+        if not verbose:
+            from emaild import logs
+
+            logs.configure("error", self.config.logging.format)
+
     def app(self) -> Any:
         if self._app is None:
             from emaild.app import App

@@ -16,9 +16,12 @@ from emaild.errors import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EmaildError
 @click.option("--to", "to", default="", help="Routing address (default: from the headers).")
 @click.option("--from", "mail_from", default="", help="Envelope sender, as the MTA saw it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision to stderr.")
 @click.argument("file", default="-")
 @pass_ctx
-def ingest_cmd(ctx: Context, to: str, mail_from: str, as_json: bool, file: str) -> None:
+def ingest_cmd(
+    ctx: Context, to: str, mail_from: str, as_json: bool, verbose: bool, file: str
+) -> None:
     """Store one message from FILE or stdin; print its case number.
 
     Exit 0 stored, 75 try again later (storage unavailable), 65 unusable input.
@@ -31,6 +34,7 @@ def ingest_cmd(ctx: Context, to: str, mail_from: str, as_json: bool, file: str) 
         click.echo(f"emaild: cannot read {file}: {exc.strerror}", err=True)
         sys.exit(EX_NOINPUT)
     try:
+        ctx.quiet(verbose)
         app = ctx.app()
     except EmaildError as exc:
         if exc.exit_code == EX_TEMPFAIL:
@@ -63,12 +67,14 @@ def ingest_cmd(ctx: Context, to: str, mail_from: str, as_json: bool, file: str) 
 @click.command("import")
 @click.option("--to", "to", default="", help="Routing address for every message.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision to stderr.")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @pass_ctx
-def import_cmd(ctx: Context, to: str, as_json: bool, path: Path) -> None:
+def import_cmd(ctx: Context, to: str, as_json: bool, verbose: bool, path: Path) -> None:
     """Import an mbox file, a Maildir, or a folder of .eml files."""
     from emaild.channels.importer import ImportSummary, count_messages, import_one, iter_messages
 
+    ctx.quiet(verbose)
     app = ctx.app()
     summary = ImportSummary()
     total = count_messages(path)

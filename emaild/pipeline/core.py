@@ -101,12 +101,12 @@ class Pipeline:
             raise
         except _StageFailed as failed:
             return self._quarantine(ctx, failed.stage, failed.error, bound)
-        bound.info(
-            "ingest.stored",
-            outcome=result.outcome.value,
-            case=result.case_number,
-            message_id=ctx.parsed.message_id if ctx.parsed else "",
+        bound = bound.bind(
+            message_id=ctx.parsed.message_id if ctx.parsed else "", case=result.case_number
         )
+        for decision in ctx.trace:  # one event per decision, at debug level
+            bound.debug("decision", **decision.as_json())
+        bound.info("ingest.stored", outcome=result.outcome.value)
         return result
 
     @property
