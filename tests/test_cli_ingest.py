@@ -172,8 +172,8 @@ def test_storage_unavailable_exits_75_and_writes_nothing(
 
 
 def test_quarantine_cli_list_show_retry(run_cli: Any, corpus: Path) -> None:
-    # mail-parser raises on this real SendGrid bounce: it must be kept raw, not lost.
-    broken = (corpus / "sisimai/maildir/bsd/lhost-sendgrid-01.eml").read_bytes()
+    # A real fragment with no parsable header block: it must be kept raw, not lost.
+    broken = (corpus / "mikel-mail/rfc2822/example13.eml").read_bytes()
     proc = run_cli("ingest", input=broken)
     assert proc.returncode == 0, proc.stderr
     assert b"quarantined as entry 1" in proc.stderr

@@ -57,7 +57,7 @@ def test_import_maildir(run_cli: Any, tmp_path: Path, corpus: Path) -> None:
     for n in range(3):
         box.add(plain(n))
     box.close()
-    broken = corpus / "sisimai/maildir/bsd/lhost-sendgrid-01.eml"
+    broken = corpus / "mikel-mail/rfc2822/example13.eml"
     shutil.copy(broken, path / "new" / "1.broken")
     summary = json.loads(run_cli("import", str(path), "--json").stdout)
     assert summary["cases"] == 3

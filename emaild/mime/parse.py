@@ -8,6 +8,7 @@ database, so the same parse serves ingestion and dry runs.
 from __future__ import annotations
 
 import base64
+import email
 import binascii
 import hashlib
 import logging
@@ -115,7 +116,7 @@ def parse_message(
         raise InputError("empty message")
     sink = sink or HashOnlySink()
     skeleton, spooled = spool_large_parts(raw, spool_threshold, sink)
-    mail = mailparser.parse_from_bytes(skeleton)
+    mail = _mailparser(skeleton)
     if not mail.message or not list(mail.message.keys()):
         raise InputError("no header fields: not an RFC 5322 message")
     parsed = ParsedMessage(
@@ -140,6 +141,23 @@ def parse_message(
     parsed.defects = _defects(mail)
     parsed.attachments = [_attachment(a, spooled, sink) for a in mail.attachments]
     return parsed
+
+
+def _mailparser(data: bytes) -> Any:
+    """mail-parser over the stdlib parse of ``data``, with its epilogue bug avoided."""
+    try:
+        message = email.message_from_bytes(data)
+    except RecursionError:
+        raise InputError("MIME nesting too deep to parse") from None
+    for part in message.walk():
+        # mail-parser reads the epilogue of a multipart with a broken boundary and
+        # crashes when there is none (real SendGrid bounces): an empty one is the same.
+        if part.is_multipart() and part.epilogue is None:
+            part.epilogue = ""
+    try:
+        return mailparser.MailParser(message)
+    except RecursionError:
+        raise InputError("MIME nesting too deep to parse") from None
 
 
 def _attachment(
