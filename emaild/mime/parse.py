@@ -8,8 +8,8 @@ database, so the same parse serves ingestion and dry runs.
 from __future__ import annotations
 
 import base64
-import email
 import binascii
+import email
 import hashlib
 import logging
 import re
