@@ -63,6 +63,11 @@ class RunningListener:
         if not self._ready.wait(30):
             raise TimeoutError("listener did not start")
         if self._error is not None:
+            self._thread.join(10)
+            self.executor.shutdown(wait=True)
+            if self.channel is not None:
+                self.channel.shutdown()
+            self.loop.close()
             raise self._error
 
     def stop(self, deadline: float = 5.0) -> None:
