@@ -71,8 +71,10 @@ def case_detail(case: Case, config: Config) -> dict[str, Any]:
 
 
 def subject_token(number: int, config: Config) -> str:
-    """The exact token emaild puts in subjects for case ``number``."""
-    return config.threading.subject_token_format.format(number=number)
+    """The exact token emaild puts in subjects for case ``number`` (threading owns it)."""
+    from emaild.correlation.tokens import subject_token as render
+
+    return render(config, number)
 
 
 def message_detail(m: Message) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def _check_token_format(fmt: str, *, body: bool) -> str:
         for _, name, spec, conv in parsed:
             # Replies are read back as decimal digits: no hex, no signs, no !r.
             if name == "number" and (conv or not re.fullmatch(r"0?\d*d?", spec or "")):
-                raise ValueError(f"{{number}} must be a plain decimal, like {{number:08d}}")
+                raise ValueError("{number} must be a plain decimal, like {number:08d}")
         fmt.format(number=1, token="1.thread.0")
     except (ValueError, KeyError, IndexError) as exc:
         raise ValueError(f"bad format {fmt!r}: {exc}") from None

@@ -15,6 +15,10 @@ from typing import Protocol
 from sqlalchemy import select
 
 from emaild.classify import classify
+from emaild.correlation.match import correlate
+from emaild.correlation.newtext import new_text
+from emaild.correlation.subject import display_subject
+from emaild.correlation.tokens import load_signer
 from emaild.mime.parse import parse_message
 from emaild.pipeline.context import CaseFields, IngestContext, Outcome
 from emaild.store.models import Attachment, Case, CaseParticipant, Message
@@ -139,7 +143,32 @@ class CorrelateStage:
     needs_session = True
 
     def __call__(self, ctx: IngestContext) -> None:
-        ctx.decide(self.name, "new case", reason="no threading evidence checked")
+        assert ctx.parsed is not None and ctx.session is not None and ctx.routing is not None
+        signer = ctx.pipeline.services.get("signer")
+        if signer is None:
+            signer = ctx.pipeline.services["signer"] = load_signer(ctx.config)
+        ctx.extra["new_text"] = new_text(ctx.parsed.text)
+        ctx.extra["display_subject"] = display_subject(
+            ctx.parsed.subject, signer.strip_subject_tokens
+        )
+        if ctx.disposition in (Outcome.DROPPED, Outcome.HELD):
+            ctx.decide(self.name, "not threaded", reason=f"message is {ctx.disposition.value}")
+            return
+        routing, book = ctx.routing, ctx.pipeline.addresses
+        result = correlate(
+            ctx.session,
+            signer,
+            ctx.parsed,
+            raw=ctx.raw,
+            classification=ctx.classification,
+            now=ctx.now,
+            policy_for=lambda case: book.lookup(case.routing_address) or routing,
+        )
+        ctx.case = result.case
+        ctx.linked_case_id = result.linked_case_id
+        ctx.mentioned_number = result.mentioned_number
+        for decision, evidence in result.trace:
+            ctx.decide(self.name, decision, **evidence)
 
 
 class PersistStage:
@@ -160,7 +189,7 @@ class PersistStage:
         if ctx.case is None:
             customer = p.reply_to or p.from_
             ctx.case = Case(
-                subject=p.subject,
+                subject=str(ctx.extra.get("display_subject") or p.subject),
                 status="new",
                 priority=ctx.fields.priority,
                 origin=ctx.fields.origin,

@@ -74,7 +74,10 @@ class Case(Base):
     routing_address: Mapped[str] = mapped_column(String(320), index=True)
     customer: Mapped[str] = mapped_column(String(320), default="", index=True)
     customer_name: Mapped[str] = mapped_column(Text, default="")
-    linked_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), default=None)
+    # Indexed: a reply to a closed case looks for an open follow-up linked to it.
+    linked_case_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cases.id"), default=None, index=True
+    )
     mentioned_number: Mapped[int | None] = mapped_column(Integer, default=None)
     loop_count: Mapped[int] = mapped_column(Integer, default=0)
     auto_responses: Mapped[int] = mapped_column(Integer, default=0)

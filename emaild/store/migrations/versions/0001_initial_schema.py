@@ -48,6 +48,9 @@ def upgrade() -> None:
     with op.batch_alter_table("cases", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_cases_customer"), ["customer"], unique=False)
         batch_op.create_index(
+            batch_op.f("ix_cases_linked_case_id"), ["linked_case_id"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_cases_routing_address"), ["routing_address"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_cases_status"), ["status"], unique=False)
@@ -302,6 +305,7 @@ def downgrade() -> None:
     with op.batch_alter_table("cases", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_cases_status"))
         batch_op.drop_index(batch_op.f("ix_cases_routing_address"))
+        batch_op.drop_index(batch_op.f("ix_cases_linked_case_id"))
         batch_op.drop_index(batch_op.f("ix_cases_customer"))
 
     op.drop_table("cases")

@@ -1,0 +1,313 @@
+"""Which case an inbound message belongs to, and what to do when that case is closed.
+
+``find_thread`` applies the matching order and stops at the first hit:
+
+1. ``In-Reply-To``, then ``References`` (nearest first), naming a Message-ID we
+   sent (emaild's signed IDs are verified with the ``CaseSigner``) or stored
+   (``messages.message_id``, ``outbox.message_id``; both indexed).
+2. A valid signed token in the subject or the body.
+3. A bare case number in a subject tag, accepted only from a participant of
+   that case (``case_participants``: its customer or a cc'd address). From
+   anyone else the number is only recorded (``mentioned_number``).
+4. Outlook's ``Thread-Index`` (its first 22 bytes, the conversation root)
+   against stored messages.
+5. For bounces, DSNs and reports: the Message-ID of the original message they
+   carry (``emaild.correlation.bounce``).
+
+Nothing else threads: a subject by itself never does. ``correlate`` adds the
+closed-case policy of the routing address (``closed_case``: ``reopen``,
+``reopen_within`` + ``reopen_days``, ``new_linked``); machine-generated mail
+(bounces, auto-replies, reports) is appended to a closed case without
+reopening it. Every step taken or refused is returned as evidence for the
+decision trace. Each step costs at most one indexed query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from emaild.classify import Classification
+from emaild.config import RoutingAddress
+from emaild.correlation.bounce import embedded_message_ids
+from emaild.correlation.tokens import CaseSigner
+from emaild.mime.parse import ParsedMessage
+from emaild.store.models import Case, CaseParticipant, Message, OutboxItem
+
+CLOSED = "closed"
+REOPENED = "open"
+# In-Reply-To plus References; longer chains add nothing but query size.
+MAX_REFERENCES = 50
+
+
+@dataclass
+class Thread:
+    """What matching found: the case (or None), the step that found it and why."""
+
+    case: Case | None = None
+    via: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    # Evidence looked at and refused (forged tokens, strangers' case numbers...).
+    refused: list[str] = field(default_factory=list)
+    mentioned_number: int | None = None
+
+
+@dataclass
+class Correlation:
+    """Where the message goes: ``case`` (None = a new case) and the trace entries."""
+
+    case: Case | None
+    linked_case_id: int | None = None
+    mentioned_number: int | None = None
+    trace: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def find_thread(
+    session: Session, signer: CaseSigner, parsed: ParsedMessage, *, raw: bytes, report: bool
+) -> Thread:
+    """Apply the matching order to ``parsed``; ``report`` enables step 5 (bounces, DSNs)."""
+    thread = Thread()
+    steps: tuple[Callable[[Session, CaseSigner, ParsedMessage, Thread], bool], ...] = (
+        _by_headers,
+        _by_token,
+        _by_case_number,
+        _by_thread_index,
+    )
+    for step in steps:
+        if step(session, signer, parsed, thread):
+            return thread
+    if report:
+        ids = embedded_message_ids(raw)
+        hit = _case_for_message_ids(session, signer, ids, thread)
+        if hit is not None:
+            thread.case, mid, how = hit
+            thread.via = "bounce original"
+            thread.evidence = {"message_id": mid, "how": how}
+            return thread
+        if ids:
+            thread.refused.append(f"report carries unknown original {', '.join(ids[:3])}")
+    return thread
+
+
+def correlate(
+    session: Session,
+    signer: CaseSigner,
+    parsed: ParsedMessage,
+    *,
+    raw: bytes,
+    classification: Classification | None,
+    now: datetime,
+    policy_for: Callable[[Case], RoutingAddress],
+) -> Correlation:
+    """``find_thread`` plus the closed-case policy of the case's routing address."""
+    machine = classification is not None and classification.is_auto
+    report = classification is not None and bool(classification.bounce or classification.report)
+    thread = find_thread(session, signer, parsed, raw=raw, report=report)
+    # The same refusal can come from the text and the HTML body: list it once.
+    refused = {"refused": list(dict.fromkeys(thread.refused))} if thread.refused else {}
+    if thread.case is None:
+        reason = "no threading evidence" if not thread.refused else "no evidence accepted"
+        entry: dict[str, Any] = {"reason": reason, **refused}
+        if thread.mentioned_number is not None:
+            entry["mentioned_number"] = thread.mentioned_number
+        return Correlation(
+            None, mentioned_number=thread.mentioned_number, trace=[("new case", entry)]
+        )
+    case = thread.case
+    result = Correlation(case)
+    result.trace.append(
+        ("threaded", {"case": case.id, "via": thread.via, **thread.evidence, **refused})
+    )
+    if not is_closed(case):
+        return result
+    action, why = closed_case_action(case, policy_for(case), machine=machine, now=now)
+    if action == "append":
+        result.trace.append(("kept closed", {"case": case.id, "reason": why}))
+    elif action == "reopen":
+        reopen(case)
+        result.trace.append(("reopened", {"case": case.id, "reason": why}))
+    else:
+        follow_up = open_follow_up(session, case)
+        if follow_up is not None:
+            # An earlier reply to this closed case already opened a follow-up:
+            # more replies belong there, not to yet another case.
+            result.case = follow_up
+            result.trace.append(
+                ("followed link", {"closed_case": case.id, "case": follow_up.id, "reason": why})
+            )
+        else:
+            result.case = None
+            result.linked_case_id = case.id
+            result.trace.append(("new linked case", {"closed_case": case.id, "reason": why}))
+    return result
+
+
+def is_closed(case: Case) -> bool:
+    """Whether ``case`` is closed (replies then follow the closed-case policy)."""
+    return case.status == CLOSED
+
+
+def reopen(case: Case) -> None:
+    """Reopen a closed case (the caller's transaction stores it)."""
+    case.status = REOPENED
+    case.closed_at = None
+
+
+def closed_case_action(
+    case: Case, routing: RoutingAddress, *, machine: bool, now: datetime
+) -> tuple[str, str]:
+    """``("append"|"reopen"|"new_linked", why)`` for a message threaded onto a closed case."""
+    if machine:
+        return "append", "machine-generated mail never reopens a case"
+    policy = routing.closed_case
+    if policy == "reopen":
+        return "reopen", f"{routing.address}: closed_case = reopen"
+    if policy == "new_linked":
+        return "new_linked", f"{routing.address}: closed_case = new_linked"
+    closed_at = _aware(case.closed_at or case.updated_at)
+    age = now - closed_at
+    limit = timedelta(days=routing.reopen_days)
+    if age <= limit:
+        return "reopen", f"closed {age.days} days ago, within reopen_days = {routing.reopen_days}"
+    return "new_linked", f"closed {age.days} days ago, over reopen_days = {routing.reopen_days}"
+
+
+def open_follow_up(session: Session, case: Case) -> Case | None:
+    """The newest case linked to ``case`` that is still open, if any."""
+    return session.scalars(
+        select(Case)
+        .where(Case.linked_case_id == case.id, Case.status != CLOSED)
+        .order_by(Case.id.desc())
+        .limit(1)
+    ).first()
+
+
+# --- the steps ---------------------------------------------------------------
+def _by_headers(session: Session, signer: CaseSigner, p: ParsedMessage, t: Thread) -> bool:
+    ids = _ordered_ids(p)
+    hit = _case_for_message_ids(session, signer, ids, t)
+    if hit is None:
+        if ids:
+            t.refused.append(f"In-Reply-To/References name no known message ({len(ids)} checked)")
+        return False
+    t.case, mid, how = hit
+    t.via = "in-reply-to" if mid == p.in_reply_to else "references"
+    t.evidence = {"message_id": mid, "how": how}
+    return True
+
+
+def _by_token(session: Session, signer: CaseSigner, p: ParsedMessage, t: Thread) -> bool:
+    for where, text in (("subject", p.subject), ("body", p.text), ("body", p.html)):
+        for token in signer.find_tokens(text):
+            if token.case_id is None:
+                t.refused.append(f"{where} token {token.text} fails its signature")
+                continue
+            case = session.get(Case, token.case_id)
+            if case is None:
+                t.refused.append(f"{where} token {token.text} names no existing case")
+                continue
+            t.case, t.via, t.evidence = case, f"{where} token", {"token": token.text}
+            return True
+    return False
+
+
+def _by_case_number(session: Session, signer: CaseSigner, p: ParsedMessage, t: Thread) -> bool:
+    sender = p.from_addr
+    for number in signer.subject_numbers(p.subject):
+        if t.mentioned_number is None:
+            t.mentioned_number = number
+        case = session.get(Case, number)
+        if case is None:
+            t.refused.append(f"subject names case {number}, which does not exist")
+            continue
+        if sender and _is_participant(session, case, sender):
+            t.case, t.via, t.evidence = case, "case number", {"number": number, "sender": sender}
+            t.mentioned_number = None
+            return True
+        t.refused.append(f"subject names case {number}, but {sender or 'the sender'} is not on it")
+    return False
+
+
+def _by_thread_index(session: Session, signer: CaseSigner, p: ParsedMessage, t: Thread) -> bool:
+    root = p.thread_index
+    if not root:
+        return False
+    case_id = session.scalars(
+        select(Message.case_id)
+        .where(Message.thread_index == root, Message.case_id.is_not(None))
+        .order_by(Message.id.desc())
+        .limit(1)
+    ).first()
+    case = session.get(Case, case_id) if case_id is not None else None
+    if case is None:
+        t.refused.append("Thread-Index names no stored conversation")
+        return False
+    t.case, t.via, t.evidence = case, "thread-index", {"thread_index": root}
+    return True
+
+
+# --- lookups -----------------------------------------------------------------
+def _ordered_ids(p: ParsedMessage) -> list[str]:
+    """In-Reply-To first, then References from the nearest ancestor back."""
+    ids: list[str] = []
+    for mid in [p.in_reply_to, *reversed(p.references)]:
+        if mid and mid not in ids and mid != p.message_id:
+            ids.append(mid)
+    return ids[:MAX_REFERENCES]
+
+
+def _case_for_message_ids(
+    session: Session, signer: CaseSigner, ids: list[str], t: Thread
+) -> tuple[Case, str, str] | None:
+    """The first of ``ids`` (in order) that names a case: ``(case, id, how)``."""
+    if not ids:
+        return None
+    stored: dict[str, int] = {}
+    # Two indexed IN lookups whatever the number of ids; outbox rows are mail we
+    # queued, whether or not delivery has stored it as a message yet.
+    for model in (Message, OutboxItem):
+        rows = session.execute(
+            select(model.message_id, model.case_id).where(
+                model.message_id.in_(ids), model.case_id.is_not(None)
+            )
+        )
+        for mid, case_id in rows:
+            if case_id is not None:
+                stored.setdefault(mid, case_id)
+    for mid in ids:
+        how, case_id = "", None
+        if signer.is_ours(mid):
+            case_id = signer.case_from_message_id(mid)
+            how = "signed"
+        if case_id is None and mid in stored:
+            case_id, how = stored[mid], "stored"
+        elif case_id is None and how == "signed":
+            t.refused.append(f"{mid} looks like ours but its signature fails")
+            continue
+        if case_id is None:
+            continue
+        case = session.get(Case, case_id)
+        if case is not None:
+            return case, mid, how
+        t.refused.append(f"{mid} names case {case_id}, which does not exist")
+    return None
+
+
+def _is_participant(session: Session, case: Case, address: str) -> bool:
+    if case.customer == address:
+        return True
+    found = session.scalars(
+        select(CaseParticipant.id)
+        .where(CaseParticipant.case_id == case.id, CaseParticipant.address == address)
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
