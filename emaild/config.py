@@ -7,6 +7,7 @@ state directory and one routing address, ``support@example.com``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from emaild.errors import ConfigError
@@ -136,27 +138,82 @@ class SmtpConfig(Section):
 
 
 class MailboxConfig(Section):
-    """An IMAP mailbox polled for new mail."""
+    """An IMAP mailbox polled for new mail (``[[mailbox]]``); see emaild/channels/imap.py."""
 
     name: str
+    enabled: bool = True
     host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 993
+    # 0: the TLS mode's standard port (993 for implicit TLS, else 143).
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
     tls: Literal["implicit", "starttls", "plain"] = "implicit"
+    ca_file: str = ""
     user: str
+    auth: Literal["login", "plain", "xoauth2"] = "login"
     password: str = ""
     password_file: str = ""
-    auth: Literal["login", "xoauth2"] = "login"
     oauth_token_command: str = ""
     oauth_token_file: str = ""
+    oauth_refresh_margin_seconds: Annotated[float, Field(ge=0)] = 300.0
     folders: list[str] = ["INBOX"]
     routing_address: str = ""
     poll_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     idle: bool = True
+    # Servers drop an IDLE after 30 minutes (RFC 2177): re-issue it well before.
+    idle_reissue_seconds: Annotated[float, Field(ge=1, le=1740)] = 1500.0
     after_store: Literal["seen", "move", "delete"] = "seen"
     move_to: str = ""
     failed_folder: str = ""
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
-    ca_file: str = ""
+    batch_bytes: Annotated[int, Field(ge=MiB)] = 64 * MiB
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    notify_too_large: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (at most 64)")
+        return value
+
+    @field_validator("routing_address")
+    @classmethod
+    def _routing(cls, value: str) -> str:
+        return _normalise_address(value) if value.strip() else ""
+
+    @field_validator("folders")
+    @classmethod
+    def _folders(cls, value: list[str]) -> list[str]:
+        if not value or any(not f.strip() for f in value) or len(set(value)) != len(value):
+            raise ValueError("list one or more distinct, non-empty folder names")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MailboxConfig:
+        if self.tls == "plain" and not is_loopback(self.host):
+            raise ValueError(f'tls = "plain" is only allowed for a loopback host, not {self.host}')
+        if self.after_store == "move" and not self.move_to:
+            raise ValueError('after_store = "move" needs move_to')
+        if self.auth == "xoauth2":
+            if bool(self.oauth_token_command) == bool(self.oauth_token_file):
+                raise ValueError("xoauth2 needs one of oauth_token_command, oauth_token_file")
+        elif self.password and self.password_file:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        """The configured port, else the standard one for the TLS mode."""
+        return self.port or (993 if self.tls == "implicit" else 143)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP addresses (where plain IMAP is acceptable)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ThreadingConfig(Section):
@@ -215,7 +272,9 @@ class RelayConfig(Section):
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     max_attempts: Annotated[int, Field(ge=1)] = 12
     retry_base_seconds: Annotated[float, Field(gt=0)] = 60.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 3600.0
     flush_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    ca_file: str = ""
 
 
 class AutoResponseConfig(Section):
@@ -226,6 +285,7 @@ class AutoResponseConfig(Section):
     per_recipient_window_minutes: Annotated[int, Field(ge=1)] = 60
     loop_threshold: Annotated[int, Field(ge=2)] = 5
     loop_window_minutes: Annotated[int, Field(ge=1)] = 15
+    require_explicit_recipient: bool = True
 
 
 class VerificationConfig(Section):
@@ -393,9 +453,11 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
         if not host or not port.isdigit():
             raise ConfigError("expected HOST:PORT", key="EMAILD_SMTP_RELAY")
         relay = relay.model_copy(update={"host": host.strip("[]"), "port": int(port)})
+    mailboxes = _resolve_mailboxes(config.mailbox, rel, path)
     return config.model_copy(
         update={
             "storage": storage,
+            "mailbox": mailboxes,
             "rules_dir": rules_dir,
             "templates_dir": templates_dir,
             "address": addresses,
@@ -405,3 +467,22 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "default_address_only": not config.address,
         }
     )
+
+
+def _resolve_mailboxes(
+    mailboxes: list[MailboxConfig], rel: Any, path: Path | None
+) -> list[MailboxConfig]:
+    """Mailbox file paths relative to the config file; names must be unique."""
+    names: set[str] = set()
+    out = []
+    for index, box in enumerate(mailboxes):
+        if box.name in names:
+            raise ConfigError(
+                f"mailbox name {box.name!r} is used twice",
+                file=str(path) if path else None,
+                key=f"mailbox.{index}.name",
+            )
+        names.add(box.name)
+        paths = ("password_file", "oauth_token_file", "ca_file")
+        out.append(box.model_copy(update={k: rel(getattr(box, k)) for k in paths}))
+    return out

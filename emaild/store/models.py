@@ -243,7 +243,10 @@ class ImapCursor(Base):
     mailbox: Mapped[str] = mapped_column(String(255), primary_key=True)
     folder: Mapped[str] = mapped_column(String(255), primary_key=True)
     uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Every UID up to last_uid is stored (moved in the message's transaction);
+    # up to acked_uid the after-store action (flag/move/delete) is done too.
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    acked_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime]
 
 
