@@ -11,10 +11,35 @@ from dataclasses import dataclass, field
 
 from emaild.mime.parse import ParsedMessage
 
+# Local parts of addresses no person reads: MTAs, bounce handlers, no-reply
+# senders, and mailing-list machinery (owner-LIST, LIST-owner, LIST-request).
 _NO_REPLY_LOCAL = re.compile(
-    r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|"
-    r"bounce[-+].*|.*[-+]bounces?([-+].*)?|daemon|mail-daemon|notifications?-noreply)$",
+    r"^(mailer-daemon|post[-_.]?master|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|"
+    r"bounce[-+].*|.*[-+]bounces?([-+].*)?|daemon|mail-daemon|notifications?-noreply|"
+    r"owner-.+|.+-owner|.+-request)$",
     re.I,
+)
+# Headers only list servers add (RFC 2369 List-*, RFC 2919 List-Id, ezmlm,
+# Mailman, fml, and older list managers).
+_LIST_HEADERS = (
+    "list-id",
+    "list-unsubscribe",
+    "list-subscribe",
+    "list-post",
+    "list-help",
+    "list-owner",
+    "list-archive",
+    "mailing-list",
+    "x-mailing-list",
+    "x-mailman-version",
+    "x-beenthere",
+    "x-mlserver",
+    "x-ml-name",
+)
+# Microsoft's Junk Mail Reporting Program sends complaints as plain
+# multipart/mixed, not ARF; its subject is the only fixed marker.
+_COMPLAINT_SUBJECT = re.compile(
+    r"^\s*complaint about message from (\d{1,3}(\.\d{1,3}){3}|[0-9a-f:]*:[0-9a-f:]+)\s*$", re.I
 )
 _BOUNCE_SUBJECT = re.compile(
     r"(undeliver(ed|able)|delivery (status )?notification|delivery (has )?failed|"
@@ -114,10 +139,9 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
     precedence = (h("precedence") or "").strip().lower()
     if precedence in ("bulk", "junk", "list", "auto_reply"):
         flags["bulk"] = f"Precedence: {precedence}"
-    elif h("list-id") is not None:
-        flags["bulk"] = "List-Id header present"
-    elif h("list-unsubscribe") is not None:
-        flags["bulk"] = "List-Unsubscribe header present"
+    elif any(h(name) is not None for name in _LIST_HEADERS):
+        found = next(name for name in _LIST_HEADERS if h(name) is not None)
+        flags["bulk"] = f"mailing-list header {found} present"
     elif h("feedback-id") is not None and h("x-campaign") is not None:
         flags["bulk"] = "campaign mail"
 
@@ -140,6 +164,10 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
         flags["report"] = "abuse feedback report (ARF, RFC 5965)"
     elif ctype == "multipart/report":
         flags["bounce"] = f"multipart/report ({report_type or 'no report-type'})"
+    elif "text/rfc822-headers" in types:
+        flags["bounce"] = "returned headers (text/rfc822-headers) attached"
+    elif _COMPLAINT_SUBJECT.match(parsed.subject) and ctype.startswith("multipart/"):
+        flags["report"] = "abuse complaint with the reported message attached"
 
     sender_local = parsed.from_addr.partition("@")[0]
     subject = parsed.subject
@@ -165,6 +193,13 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
     elif h("x-loop") is not None:
         flags["loop"] = f"X-Loop: {h('x-loop')}"
 
+    if mail_from is None:
+        # Not over SMTP: the delivering MTA recorded the envelope sender here.
+        return_path = (h("return-path") or "").strip()
+        if return_path in ("<>", ""):
+            mail_from = "" if return_path == "<>" else None
+        else:
+            mail_from = return_path.strip("<>").strip()
     if mail_from == "":
         flags["no_reply_sender"] = "null return path (<>)"
     elif not parsed.from_addr:
@@ -180,6 +215,11 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
         flags["reply"] = "reply prefix in subject"
 
     return Classification(**flags, reasons=tuple(f"{k}: {v}" for k, v in flags.items()))
+
+
+def is_no_reply_address(address: str) -> bool:
+    """Whether ``address`` belongs to a machine (MTA, bounce handler, list, no-reply)."""
+    return bool(_NO_REPLY_LOCAL.match(address.strip().lower().rpartition("@")[0]))
 
 
 def _param(header: str, name: str) -> str:

@@ -35,6 +35,7 @@ from emaild.app import App
 from emaild.channels.smtp import SmtpChannel
 from emaild.config import load_config
 from emaild.errors import EX_OK, ConfigError, EmaildError
+from emaild.outbox.component import outbox_component
 from emaild.systemd import InheritedSocket, Notifier
 
 log = structlog.get_logger("emaild.daemon")
@@ -63,7 +64,7 @@ class Component(Protocol):
 ComponentFactory = Callable[[App], "Component | None"]
 
 # Other parts add their factory here (one line each); order is start order.
-COMPONENTS: tuple[ComponentFactory, ...] = ()
+COMPONENTS: tuple[ComponentFactory, ...] = (outbox_component,)
 
 
 class Daemon:

@@ -22,7 +22,16 @@ def _signer(config: Config) -> Any:
     return load_signer(config)
 
 
-SERVICE_LOADERS: tuple[tuple[str, ServiceLoader], ...] = (("signer", _signer),)
+def _templates(config: Config) -> Any:
+    from emaild.autoresponse import load_templates
+
+    return load_templates(config)
+
+
+SERVICE_LOADERS: tuple[tuple[str, ServiceLoader], ...] = (
+    ("signer", _signer),
+    ("templates", _templates),
+)
 
 
 def build_services(config: Config) -> dict[str, Any]:

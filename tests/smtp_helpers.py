@@ -11,16 +11,28 @@ The listener runs on its own event loop in a background thread, bound to an
 ephemeral loopback port, with the same ``SmtpChannel`` the daemon uses (limits,
 RCPT checks, pipeline through a bounded worker pool). Channel health is
 flushed to ``channel_status`` when the block ends.
+
+``daemon_process(env, tmp_path)`` runs the whole daemon (``emaild run``) as a
+subprocess instead, ready when it sends sd_notify ``READY=1``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from emaild.app import App
 from emaild.channels.smtp import SmtpChannel
@@ -105,3 +117,116 @@ def running_listener(app: App, *, lmtp: bool = False) -> Iterator[RunningListene
         yield running
     finally:
         running.stop()
+
+
+# --- ``emaild run`` as a real subprocess -------------------------------------------------
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for subprocess daemons)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class DaemonProcess:
+    """``python -m emaild run`` with a notify socket, like systemd starts it.
+
+    Readiness is the real sd_notify ``READY=1`` datagram, not a sleep. Logs go
+    to ``log_path``; ``notifications`` keeps every datagram received.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        *,
+        args: Sequence[str] = (),
+        stdin: int | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> None:
+        self.workdir = workdir
+        self.smtp_port = free_port()
+        self.lmtp_port = free_port()
+        self.log_path = workdir / f"emaild-{self.smtp_port}.log"
+        # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
+        self._notify_dir = Path(tempfile.mkdtemp(prefix="emaild-"))
+        self.notify_path = self._notify_dir / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notifications: list[dict[str, str]] = []
+        self.env = dict(env)
+        self.env.setdefault("EMAILD_SMTP_LISTEN", f"127.0.0.1:{self.smtp_port}")
+        self.env.setdefault("EMAILD_LMTP_LISTEN", f"127.0.0.1:{self.lmtp_port}")
+        self.env["NOTIFY_SOCKET"] = str(self.notify_path)
+        self.args = list(args)
+        self.stdin = stdin
+        self.wrapper = list(wrapper)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> dict[str, str]:
+        """Start and wait for ``READY=1``; returns that notification."""
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [*self.wrapper, sys.executable, "-m", "emaild", *self.args, "run"],
+                env=self.env,
+                stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        return self.wait_for("READY", timeout)
+
+    def wait_for(self, key: str, timeout: float = 30) -> dict[str, str]:
+        """The next notification carrying ``key`` (e.g. READY, STOPPING, WATCHDOG)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.proc is not None and self.proc.poll() is not None):
+                raise AssertionError(f"no {key}= from emaild; log:\n{self.log()}")
+            self.notify.settimeout(min(remaining, 0.5))
+            try:
+                data = self.notify.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.notifications.append(fields)
+            if key in fields:
+                return fields
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Parsed JSON log events called ``name``."""
+        found = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == name:
+                    found.append(event)
+        return found
+
+    def stop(self) -> None:
+        """Kill if still running (test cleanup); close the notify socket."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.notify.close()
+        shutil.rmtree(self._notify_dir, ignore_errors=True)
+
+
+@contextmanager
+def daemon_process(env: dict[str, str], workdir: Path, **kwargs: Any) -> Iterator[DaemonProcess]:
+    """Start ``emaild run`` and wait until it is ready; killed at the end if still up."""
+    daemon = DaemonProcess(env, workdir, **kwargs)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()

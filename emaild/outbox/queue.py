@@ -109,9 +109,13 @@ class Claimed:
     kind: str
 
 
-def due_ids(session: Session, now: datetime, *, ignore_schedule: bool, limit: int) -> list[int]:
-    """Ids of queued items whose turn has come (all queued ones with ``ignore_schedule``)."""
+def due_ids(
+    session: Session, now: datetime, *, ignore_schedule: bool, limit: int, after_id: int = 0
+) -> list[int]:
+    """Ids above ``after_id`` of queued items whose turn has come (all queued ones
+    with ``ignore_schedule``), oldest first."""
     query = select(OutboxItem.id).where(
+        OutboxItem.id > after_id,
         OutboxItem.status == QUEUED,
         or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until < now),
     )

@@ -9,11 +9,13 @@ holds a database lock. A stage records every decision it takes with
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 from sqlalchemy import select
 
+from emaild.autoresponse.loopdetect import detect_loop
+from emaild.autoresponse.loopdetect import fingerprint as message_fingerprint
+from emaild.autoresponse.respond import autorespond
 from emaild.classify import classify
 from emaild.correlation.match import correlate
 from emaild.correlation.newtext import new_text
@@ -171,6 +173,15 @@ class CorrelateStage:
             ctx.decide(self.name, decision, **evidence)
 
 
+class LoopDetectStage:
+    name = "loopdetect"
+    description = "a burst of identical messages (sender, subject, body) joins one case"
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        detect_loop(ctx)
+
+
 class PersistStage:
     name = "persist"
     description = "write the case, message, attachments and participants"
@@ -222,9 +233,7 @@ class PersistStage:
         p = ctx.parsed
         assert p is not None and ctx.routing is not None
         cls = ctx.classification
-        fingerprint = hashlib.sha256(
-            "\x00".join((p.from_addr, p.subject, p.text[:8192])).encode("utf-8", "replace")
-        ).hexdigest()
+        fingerprint = str(ctx.extra.get("fingerprint") or message_fingerprint(p))
         message = Message(
             direction="in",
             state=state,
@@ -299,7 +308,9 @@ class AutoRespondStage:
     needs_session = True
 
     def __call__(self, ctx: IngestContext) -> None:
-        ctx.decide(self.name, "no auto-response", reason="auto-responses not configured")
+        if ctx.session is None:
+            return
+        autorespond(ctx)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -308,6 +319,7 @@ STAGES: tuple[Stage, ...] = (
     ClassifyStage(),
     DeduplicateStage(),
     CorrelateStage(),
+    LoopDetectStage(),
     PersistStage(),
     AutoRespondStage(),
 )
