@@ -42,7 +42,9 @@ def detect_loop(ctx: IngestContext) -> None:
     stage = "loopdetect"
     fp = fingerprint(ctx.parsed)
     ctx.extra["fingerprint"] = fp
-    if ctx.disposition is not None or (ctx.case is None and ctx.new_case_disposition):
+    # new_case_disposition: set by rules that keep machine mail off new cases.
+    kept_off = getattr(ctx, "new_case_disposition", None)
+    if ctx.disposition is not None or (ctx.case is None and kept_off):
         return  # held, dropped or kept off new cases by a rule: it opens no case anyway
     settings = ctx.config.autoresponse
     since = ctx.now - timedelta(minutes=settings.loop_window_minutes)
