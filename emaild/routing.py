@@ -18,3 +18,11 @@ def sender_allowed(routing: RoutingAddress, sender: str) -> bool:
         elif domain == allowed.lstrip("@") or domain.endswith("." + allowed.lstrip("@")):
             return True
     return False
+
+
+def sender_refusal(routing: RoutingAddress, sender: str) -> str | None:
+    """Why ``sender`` may not write to ``routing`` ("accept email from"), or None."""
+    if sender_allowed(routing, sender):
+        return None
+    who = sender or "an empty sender"
+    return f"{who} is not in accept_from of {routing.address}"

@@ -28,7 +28,14 @@ def _templates(config: Config) -> Any:
     return load_templates(config)
 
 
+def _rules(config: Config) -> Any:
+    from emaild.rules import load_rules
+
+    return load_rules(config.rules_path)
+
+
 SERVICE_LOADERS: tuple[tuple[str, ServiceLoader], ...] = (
+    ("rules", _rules),
     ("signer", _signer),
     ("templates", _templates),
 )

@@ -77,6 +77,17 @@ class TomlSource:
         return ConfigError(problem, file=self.path, line=self.line_of(loc), key=dotted or None)
 
 
+def _within_arrays(names: tuple[str, ...], counts: dict[tuple[str, ...], int]) -> Loc:
+    """``[rule.actions]`` after the 2nd ``[[rule]]`` is ``("rule", 1, "actions")``."""
+    loc: list[str | int] = []
+    for i, name in enumerate(names[:-1]):
+        loc.append(name)
+        if names[: i + 1] in counts:
+            loc.append(counts[names[: i + 1]] - 1)
+    loc.append(names[-1])
+    return tuple(loc)
+
+
 def _index_lines(text: str) -> dict[Loc, int]:
     lines: dict[Loc, int] = {}
     counts: dict[tuple[str, ...], int] = {}
@@ -96,7 +107,7 @@ def _index_lines(text: str) -> dict[Loc, int]:
             continue
         m = _TABLE.match(line)
         if m:
-            table = tuple(_split_dotted(m.group(1)))
+            table = _within_arrays(tuple(_split_dotted(m.group(1))), counts)
             lines.setdefault(table, number)
             continue
         m = _KEY.match(raw)

@@ -26,9 +26,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from emaild.cli import cases, check, ingest, mailbox, outbox, quarantine, run
+    from emaild.cli import cases, check, ingest, mailbox, outbox, quarantine, rules, run
 
-    for module in (cases, check, ingest, mailbox, outbox, quarantine, run):
+    for module in (cases, check, ingest, mailbox, outbox, quarantine, rules, run):
         module.register(cli)
 
 

@@ -106,6 +106,10 @@ class IngestContext:
     # Set by rules / routing: a terminal disposition other than a case.
     disposition: Outcome | None = None
     disposition_reason: str = ""
+    # Set by rules: what to do INSTEAD of opening a new case (bounces, auto-replies
+    # on their own); a message that threads onto an existing case is appended.
+    new_case_disposition: Outcome | None = None
+    new_case_reason: str = ""
     message: Message | None = None
     outcome: Outcome | None = None
     trace: list[Decision] = field(default_factory=list)

@@ -91,6 +91,8 @@ class Pipeline:
             now=self.clock(),
         )
         ctx.extra["also"] = also
+        # A dry run (``emaild rules test``) writes nothing, not even attachment blobs.
+        ctx.extra["dry_run"] = not store
         bound = log.bind(channel=envelope.channel, peer=envelope.peer, raw_sha256=raw_sha[:16])
         if not store:
             return self._dry_run(ctx)
@@ -277,36 +279,48 @@ def record_quarantine(
     def work(session: Session) -> int:
         if also is not None:
             also(session)
-        existing = session.scalars(
-            select(QuarantineEntry).where(
-                QuarantineEntry.raw_sha256 == ctx.raw_sha256, QuarantineEntry.status == "held"
-            )
-        ).first()
-        if existing is not None:
-            existing.attempts += 1
-            existing.last_attempt_at = ctx.now
-            existing.error = error
-            existing.stage = stage
-            return existing.id
-        entry = QuarantineEntry(
-            created_at=ctx.now,
-            channel=ctx.envelope.channel,
-            envelope_from=ctx.envelope.mail_from,
-            envelope_to=list(ctx.envelope.rcpt_to),
-            raw_sha256=ctx.raw_sha256,
-            raw_size=len(ctx.raw),
-            reason=reason,
-            stage=stage,
-            error=error[:10000],
-            status="held",
-            last_attempt_at=ctx.now,
-            headers=headers or _header_block(ctx.raw),
+        return add_quarantine_entry(
+            session, ctx, stage=stage, error=error, reason=reason, headers=headers
         )
-        session.add(entry)
-        session.flush()
-        return entry.id
 
     return db.run(work, attempts=3)
+
+
+def add_quarantine_entry(
+    session: Session, ctx: IngestContext, *, stage: str, error: str, reason: str, headers: str = ""
+) -> int:
+    """Add (or count another attempt on) the held entry for ``ctx``'s raw bytes in ``session``.
+
+    Used inside the message's own transaction when a rule quarantines it.
+    """
+    existing = session.scalars(
+        select(QuarantineEntry).where(
+            QuarantineEntry.raw_sha256 == ctx.raw_sha256, QuarantineEntry.status == "held"
+        )
+    ).first()
+    if existing is not None:
+        existing.attempts += 1
+        existing.last_attempt_at = ctx.now
+        existing.error = error
+        existing.stage = stage
+        return existing.id
+    entry = QuarantineEntry(
+        created_at=ctx.now,
+        channel=ctx.envelope.channel,
+        envelope_from=ctx.envelope.mail_from,
+        envelope_to=list(ctx.envelope.rcpt_to),
+        raw_sha256=ctx.raw_sha256,
+        raw_size=len(ctx.raw),
+        reason=reason,
+        stage=stage,
+        error=error[:10000],
+        status="held",
+        last_attempt_at=ctx.now,
+        headers=headers or _header_block(ctx.raw),
+    )
+    session.add(entry)
+    session.flush()
+    return entry.id
 
 
 def _header_block(raw: bytes) -> str:

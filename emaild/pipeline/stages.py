@@ -23,6 +23,7 @@ from emaild.correlation.subject import display_subject
 from emaild.correlation.tokens import load_signer
 from emaild.mime.parse import parse_message
 from emaild.pipeline.context import CaseFields, IngestContext, Outcome
+from emaild.rules.apply import apply_accept_from, apply_rules
 from emaild.store.models import Attachment, Case, CaseParticipant, Message
 
 
@@ -41,10 +42,12 @@ class ParseStage:
 
     def __call__(self, ctx: IngestContext) -> None:
         limits = ctx.config.limits
+        # A dry run (``emaild rules test``) stores nothing: attachments are only hashed.
+        sink = None if ctx.extra.get("dry_run") else ctx.pipeline.blobs
         ctx.parsed = parse_message(
             ctx.raw,
             spool_threshold=limits.spool_part_bytes,
-            sink=ctx.pipeline.blobs if ctx.pipeline.blobs else None,
+            sink=sink if sink else None,
             raw_sha256=ctx.raw_sha256,
         )
         p = ctx.parsed
@@ -109,6 +112,15 @@ class RouteStage:
         ctx.decide(self.name, "routing defaults", **ctx.fields.as_json())
 
 
+class AcceptStage:
+    name = "accept"
+    description = "apply the routing address's accept_from list (reject, discard or quarantine)"
+    needs_session = False
+
+    def __call__(self, ctx: IngestContext) -> None:
+        apply_accept_from(ctx, self.name)
+
+
 class ClassifyStage:
     name = "classify"
     description = "flag auto-submitted, bulk, bounce, report, vacation and reply mail"
@@ -119,6 +131,15 @@ class ClassifyStage:
         mail_from = ctx.envelope.mail_from if ctx.envelope.channel in ("smtp", "lmtp") else None
         ctx.classification = classify(ctx.parsed, mail_from)
         ctx.decide(self.name, "classified", flags=list(ctx.classification.reasons))
+
+
+class RulesStage:
+    name = "rules"
+    description = "apply rules/*.toml: case fields, auto-response, quarantine or drop"
+    needs_session = False
+
+    def __call__(self, ctx: IngestContext) -> None:
+        apply_rules(ctx, ctx.pipeline.services.get("rules"), self.name)
 
 
 class DeduplicateStage:
@@ -190,6 +211,13 @@ class PersistStage:
     def __call__(self, ctx: IngestContext) -> None:
         assert ctx.parsed is not None and ctx.session is not None and ctx.routing is not None
         session, p, now = ctx.session, ctx.parsed, ctx.now
+        if ctx.case is None and ctx.disposition is None and ctx.new_case_disposition:
+            # A rule said this message may not open a case on its own (bounce, auto-reply).
+            ctx.disposition = ctx.new_case_disposition
+            ctx.disposition_reason = ctx.new_case_reason
+        if ctx.disposition is Outcome.QUARANTINED:
+            self._quarantine(ctx)
+            return
         if ctx.disposition in (Outcome.DROPPED, Outcome.HELD):
             ctx.message = self._message(ctx, state=ctx.disposition.value)
             session.add(ctx.message)
@@ -227,6 +255,23 @@ class PersistStage:
         session.add(ctx.message)
         session.flush()
         ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
+
+    def _quarantine(self, ctx: IngestContext) -> None:
+        """Hold the message in quarantine in this same transaction (no message row)."""
+        from emaild.pipeline.core import add_quarantine_entry  # core imports this module
+
+        assert ctx.session is not None
+        by = str(ctx.extra.get("disposition_stage") or "rules")
+        entry = add_quarantine_entry(
+            ctx.session,
+            ctx,
+            stage=by,
+            error=ctx.disposition_reason,
+            reason="accept_from" if by == "accept" else "rule",
+        )
+        ctx.extra["quarantine_id"] = entry
+        ctx.decide(self.name, "quarantined", reason=ctx.disposition_reason, entry=entry)
+        ctx.stop(Outcome.QUARANTINED)
 
     @staticmethod
     def _message(ctx: IngestContext, *, state: str) -> Message:
@@ -316,7 +361,9 @@ class AutoRespondStage:
 STAGES: tuple[Stage, ...] = (
     ParseStage(),
     RouteStage(),
+    AcceptStage(),
     ClassifyStage(),
+    RulesStage(),
     DeduplicateStage(),
     CorrelateStage(),
     LoopDetectStage(),
