@@ -32,11 +32,13 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from emaild.app import App
+from emaild.channels.imap import imap_component
 from emaild.channels.smtp import SmtpChannel
 from emaild.config import load_config
 from emaild.errors import EX_OK, ConfigError, EmaildError
 from emaild.outbox.component import outbox_component
 from emaild.systemd import InheritedSocket, Notifier
+from emaild.verification.release import release_component
 
 log = structlog.get_logger("emaild.daemon")
 
@@ -64,7 +66,11 @@ class Component(Protocol):
 ComponentFactory = Callable[[App], "Component | None"]
 
 # Other parts add their factory here (one line each); order is start order.
-COMPONENTS: tuple[ComponentFactory, ...] = (outbox_component,)
+COMPONENTS: tuple[ComponentFactory, ...] = (
+    outbox_component,
+    release_component,
+    imap_component,
+)
 
 
 class Daemon:
@@ -228,11 +234,12 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         deadline = self.app.config.daemon.shutdown_deadline_seconds
-        self.notifier.stopping("draining sessions")
         loop = asyncio.get_running_loop()
         started = loop.time()
         if self.smtp is not None:
-            self.smtp.close()
+            self.smtp.close()  # stop accepting first: STOPPING=1 means "no new sessions"
+        self.notifier.stopping("draining sessions")
+        if self.smtp is not None:
             cut = await self.smtp.drain(deadline)
             if cut:
                 log.warning("daemon.sessions_cut", count=cut)
