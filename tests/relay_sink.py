@@ -187,9 +187,12 @@ class RelaySink:
             self._kwargs["tls_context"] = context
             self._kwargs["require_starttls"] = require_tls
         if auth is not None:
+            # aiosmtpd (rightly) warns about AUTH in clear; tests use it over STARTTLS.
+            if tls_cert is None:
+                raise ValueError("auth needs tls_cert: AUTH is only offered after STARTTLS")
             self._kwargs["authenticator"] = self._authenticate
             self._kwargs["auth_required"] = True
-            self._kwargs["auth_require_tls"] = tls_cert is not None
+            self._kwargs["auth_require_tls"] = True
         self._controller: _EphemeralController | None = None
 
     # --- lifecycle -------------------------------------------------------------

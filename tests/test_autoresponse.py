@@ -19,7 +19,7 @@ from emaild.app import App
 from emaild.classify import LOOP_HEADER
 from emaild.outbox import deliver_due
 from emaild.pipeline import Envelope, Outcome
-from emaild.store.models import Case, Message, OutboxItem, SuppressedRecipient
+from emaild.store.models import Case, Message, OutboxItem
 
 CUSTOMER = "alice@customer.test"
 
@@ -175,7 +175,7 @@ def test_hide_record_information_template_sends_a_generic_acknowledgement(
 def test_customer_fields_cannot_inject_headers_and_are_rfc2047_encoded(
     relay_app: Any, relay_sink: Any
 ) -> None:
-    app = relay_app("[[address]]\naddress = \"support@example.com\"\nname = \"Süpport\"\n")
+    app = relay_app('[[address]]\naddress = "support@example.com"\nname = "Süpport"\n')
     evil = mail(
         # Folded header values that decode to CR/LF-bearing text and non-ASCII.
         sender="=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <jurgen@customer.test>",

@@ -65,13 +65,11 @@ def compose(
     reply: Reply,
     message_id: str,
     now: datetime,
-    subject_token: str = "",
     body_token: str = "",
 ) -> EmailMessage:
     """The auto-response as an ``EmailMessage`` ready for the outbox.
 
-    ``subject_token`` is added to the subject unless the template already
-    carries it (empty for templates that hide record information);
+    The subject is used as rendered (the caller adds the case's tag);
     ``body_token`` is appended to each body when body tokens are on.
     """
     if not usable_address(reply.to_address):
@@ -80,10 +78,7 @@ def compose(
     msg["From"] = Address(display_name=_one_line(from_name), addr_spec=from_address)
     msg["To"] = Address(display_name=_one_line(reply.to_name), addr_spec=reply.to_address)
     msg["Reply-To"] = Address(display_name=_one_line(from_name), addr_spec=from_address)
-    subject = _one_line(rendered.subject, 900)
-    if subject_token and subject_token not in subject:
-        subject = f"{subject} {subject_token}".strip()
-    msg["Subject"] = subject
+    msg["Subject"] = _one_line(rendered.subject, 900)
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = message_id
     if valid_msg_id(reply.message_id):

@@ -23,6 +23,7 @@ The checks, in order (the first that applies is the recorded reason):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from sqlalchemy import func, select
 
 from emaild.autoresponse.compose import Reply, compose, usable_address
 from emaild.autoresponse.templates import TemplateSet, merge_fields
-from emaild.cases import case_number, subject_token
+from emaild.cases import case_number
 from emaild.classify import is_no_reply_address
 from emaild.errors import ConfigError
 from emaild.outbox.queue import enqueue, is_suppressed
@@ -67,8 +68,9 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
     recipient, recipient_name = _recipient(ctx)
     signer = ctx.pipeline.services["signer"]
     case = ctx.case
-    token = "" if template.hide_record_information else subject_token(case.id, ctx.config)
-    fields = _fields(ctx, token, recipient, recipient_name, template.hide_record_information)
+    hide = template.hide_record_information
+    token = "" if hide else signer.subject_token(case.id)
+    fields = _fields(ctx, token, recipient, recipient_name, hide)
     try:
         rendered = templates.render_template(template, fields)
     except ConfigError as exc:
@@ -76,9 +78,9 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         ctx.decide(STAGE, "no auto-response", reason=f"template error: {exc}")
         log.error("autoresponse.template_failed", template=name, case=case.id, error=str(exc))
         return None
-    body_token = ""
-    if ctx.config.threading.body_token and not template.hide_record_information:
-        body_token = _body_token(signer, ctx, case.id)
+    if not hide:
+        # The case's tag in the subject (threading's format; replaces other cases' tags).
+        rendered = replace(rendered, subject=signer.mark_subject(rendered.subject, case.id))
     message_id = signer.message_id(case.id)
     message = compose(
         rendered,
@@ -92,8 +94,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         ),
         message_id=message_id,
         now=ctx.now,
-        subject_token=token,
-        body_token=body_token,
+        body_token="" if hide else signer.body_token(case.id),
     )
     item = enqueue(
         ctx.session,
@@ -221,10 +222,3 @@ def _fields(
         routing={"name": ctx.routing.name, "address": ctx.routing.address},
         hide_record_information=hide,
     )
-
-
-def _body_token(signer: Any, ctx: IngestContext, case_id: int) -> str:
-    maker = getattr(signer, "body_token", None)
-    if callable(maker):
-        return str(maker(case_id))
-    return ctx.config.threading.body_token_format.format(token=signer.reference(case_id))
