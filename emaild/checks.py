@@ -26,7 +26,15 @@ def check_services(config: Config) -> str:
     return "services: " + ", ".join(sorted(build_services(config)))
 
 
-CHECKS: tuple[Check, ...] = (check_storage, check_addresses, check_services)
+def check_rules(config: Config) -> str:
+    from emaild.rules import load_rules
+
+    rules = load_rules(config.rules_path)
+    where = config.rules_dir or "no rules directory"
+    return f"rules: {len(rules)} rules from {len(rules.files)} files in {where}"
+
+
+CHECKS: tuple[Check, ...] = (check_storage, check_addresses, check_rules, check_services)
 
 
 def run_checks(config: Config) -> list[str]:
