@@ -8,9 +8,10 @@ leaves nothing behind) listening on 127.0.0.1 only:
   generated when ``openssl`` is installed; ``ca_file`` then names it),
 - ``tls_port``: implicit TLS (IMAPS), when the certificate exists, else 0.
 
-Users live in a passwd-file that Dovecot re-reads on change, so a
-session-scoped server can hand every test a fresh, empty user with
-``new_user()``. The password doubles as the user's XOAUTH2 token: Dovecot's
+Each user has a passwd-file of its own (``users/NAME``; Dovecot notices a
+changed file only once a second, a new file at once), so a session-scoped
+server can hand every test a fresh, empty user with ``new_user()``.
+The password doubles as the user's XOAUTH2 token: Dovecot's
 OAuth2 mechanisms check the bearer token against the passdb like a password,
 which lets tests run real XOAUTH2 logins without an identity provider.
 
@@ -77,7 +78,7 @@ class Dovecot:
         self.tls_port = 0
         self.ca_file = ""
         self.proc: subprocess.Popen[bytes] | None = None
-        self.passwd = root / "passwd"
+        self.passwd_dir = root / "users"
         self.log = root / "dovecot.log"
         self.users: dict[str, ImapUser] = {}
 
@@ -90,8 +91,8 @@ class Dovecot:
         # Dovecot's unprivileged processes (as root: dovecot, dovenull) must traverse it.
         root.chmod(0o755)
         server._make_certificate()
-        server.passwd.write_text("", encoding="utf-8")
-        server.passwd.chmod(0o644)
+        server.passwd_dir.mkdir(exist_ok=True)
+        server.passwd_dir.chmod(0o755)
         last = ""
         for _ in range(attempts):
             server.port = free_port()
@@ -152,7 +153,7 @@ class Dovecot:
 
     # --- users and mail -------------------------------------------------
     def new_user(self, prefix: str = "u") -> ImapUser:
-        """A fresh account with an empty INBOX (Dovecot re-reads the passwd-file)."""
+        """A fresh account with an empty INBOX."""
         name = f"{prefix}{uuid.uuid4().hex[:10]}"
         password = uuid.uuid4().hex
         home = self.root / "home" / name
@@ -161,26 +162,11 @@ class Dovecot:
         if os.getuid() == 0:
             os.chown(home, uid, gid)
         user = ImapUser(name, password, home)
-        with self.passwd.open("a", encoding="utf-8") as fh:
-            fh.write(f"{name}:{{PLAIN}}{password}::::{home}::\n")
+        entry = self.passwd_dir / name
+        entry.write_text(f"{name}:{{PLAIN}}{password}::::{home}::\n", encoding="utf-8")
+        entry.chmod(0o644)
         self.users[name] = user
         return user
-
-    def set_password(self, user: ImapUser, password: str) -> ImapUser:
-        """Change a user's password (and so its XOAUTH2 token)."""
-        lines = self.passwd.read_text(encoding="utf-8").splitlines()
-        out = [
-            f"{user.name}:{{PLAIN}}{password}::::{user.home}::"
-            if line.startswith(f"{user.name}:")
-            else line
-            for line in lines
-        ]
-        tmp = self.passwd.with_suffix(".tmp")
-        tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
-        tmp.replace(self.passwd)
-        changed = ImapUser(user.name, password, user.home)
-        self.users[user.name] = changed
-        return changed
 
     def client(self, user: ImapUser, *, timeout: float = 30.0) -> IMAPClient:
         """A logged-in plain-IMAP client for ``user`` (the caller logs out)."""
@@ -289,11 +275,11 @@ namespace inbox {{
 }}
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.passwd}
+  args = scheme=PLAIN username_format=%u {self.passwd_dir}/%u
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {self.passwd}
+  args = username_format=%u {self.passwd_dir}/%u
   default_fields = uid={uid} gid={gid}
 }}
 service imap-login {{

@@ -54,7 +54,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from emaild.channels.health import ChannelHealth
-from emaild.channels.imap_auth import Credentials, MailboxProblem, utcnow
+from emaild.channels.imap_auth import PASSWORD_ENV, Credentials, MailboxProblem, utcnow
 from emaild.classify import LOOP_HEADER, classify
 from emaild.config import MailboxConfig, is_loopback
 from emaild.errors import ConfigError, InputError, TransientError
@@ -115,6 +115,7 @@ def mailbox_from_url(url: str, env: Mapping[str, str]) -> MailboxConfig:
         "tls": tls,
         "user": user,
         "folders": [folder],
+        "password": env.get(PASSWORD_ENV, ""),
     }
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         data[key] = _query_value(value)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,11 +66,9 @@ class Credentials:
         self,
         box: MailboxConfig,
         *,
-        env: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.box = box
-        self.env = dict(env or {})
         self.clock = clock
         self._token: AccessToken | None = None
 
@@ -106,7 +104,7 @@ class Credentials:
 
     # --- passwords --------------------------------------------------------------
     def password(self) -> str:
-        """The password from the config, the password file, or EMAILD_IMAP_PASSWORD."""
+        """The password from the password file (read at each login) or the config."""
         box = self.box
         if box.password_file:
             try:
@@ -117,10 +115,10 @@ class Credentials:
                 ) from None
             secret = text.rstrip("\r\n")
         else:
-            secret = box.password or self.env.get(PASSWORD_ENV, "")
+            secret = box.password
         if not secret:
             raise MailboxProblem(
-                box.name, f"no password: set password_file (or {PASSWORD_ENV} for a URL)"
+                box.name, f"no password: set password_file (for a URL: {PASSWORD_ENV})"
             )
         return secret
 

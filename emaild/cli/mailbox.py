@@ -50,7 +50,7 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
 
     box = resolve_mailbox(ctx, mailbox)
     app = ctx.app()
-    credentials = Credentials(box, env=os.environ)
+    credentials = Credentials(box)
     if not once:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -105,7 +105,7 @@ class Diagnosis:
         }
 
 
-def diagnose(box: MailboxConfig, env: dict[str, str]) -> Diagnosis:
+def diagnose(box: MailboxConfig) -> Diagnosis:
     """Connect, log in, look at each folder; every problem in plain words."""
     from imapclient.exceptions import IMAPClientError
 
@@ -114,7 +114,7 @@ def diagnose(box: MailboxConfig, env: dict[str, str]) -> Diagnosis:
 
     report = Diagnosis(box.name, describe(box))
     try:
-        client = connect(box, Credentials(box, env=env))
+        client = connect(box, Credentials(box))
     except ImapUnavailable as exc:
         report.problem(f"cannot connect: {exc}", EX_TEMPFAIL)
         return report
@@ -162,7 +162,7 @@ def _tls_words(client: Any, box: MailboxConfig) -> str:
 def test_cmd(ctx: Context, as_json: bool, mailbox: str) -> None:
     """Connect to MAILBOX, log in, and show its folders and the server's capabilities."""
     box = resolve_mailbox(ctx, mailbox)
-    report = diagnose(box, dict(os.environ))
+    report = diagnose(box)
     if as_json:
         echo_json(report.as_json())
     else:
