@@ -29,9 +29,12 @@ def _templates(config: Config) -> Any:
 
 
 def _rules(config: Config) -> Any:
+    from emaild.autoresponse import TemplateSet
     from emaild.rules import load_rules
 
-    return load_rules(config.rules_path)
+    # Rules may only choose auto-response templates that exist.
+    templates = TemplateSet.load(config.templates_path).names()
+    return load_rules(config.rules_path, templates=templates)
 
 
 SERVICE_LOADERS: tuple[tuple[str, ServiceLoader], ...] = (

@@ -773,3 +773,19 @@ def test_missing_rules_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rules directory not found"):
         load_rules(tmp_path / "nope")
     assert len(load_rules(None)) == 0
+
+
+def test_auto_response_must_name_a_known_template() -> None:
+    text = (
+        '[[rule]]\nname = "vip"\ndescription = "d"\n'
+        '[rule.actions]\nowner = "x"\nauto_response = "vip-ack"\n'
+    )
+    assert len(parse_rules(text, "t.toml")) == 1  # no template list: not checked
+    assert len(parse_rules(text, "t.toml", templates=["default", "vip-ack"])) == 1
+    with pytest.raises(ConfigError) as caught:
+        parse_rules(text, "t.toml", templates=["default"])
+    assert str(caught.value) == (
+        "t.toml:6: rule 'vip': no auto-response template 'vip-ack' (have: default)"
+    )
+    suppress = text.replace('"vip-ack"', '""')
+    assert parse_rules(suppress, "t.toml", templates=[])[0].actions.auto_response == ""

@@ -452,6 +452,15 @@ def test_check_refuses_a_bad_rule_file_with_exit_78(run_cli: Any, tmp_path: Path
         f"emaild: {bad}:6: rule 'typo': bad regex '[unclosed': "
         "unterminated character set at position 0"
     )
+    bad.write_text(
+        '[[rule]]\nname = "ack"\ndescription = "d"\nactions = { auto_response = "nope" }\n',
+        encoding="utf-8",
+    )
+    proc = run_cli("check", env={"EMAILD_RULES_DIR": str(rules_dir)})
+    assert proc.returncode == 78
+    assert proc.stderr.decode().startswith(
+        f"emaild: {bad}:4: rule 'ack': no auto-response template 'nope' (have: "
+    )
     good = run_cli("check", env={"EMAILD_RULES_DIR": str(ROOT / "rules")})
     assert good.returncode == 0, good.stderr
     assert b"rules" in good.stdout

@@ -10,6 +10,7 @@ of the value text, so an error points at the condition's own line.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,13 @@ from emaild.tomlsource import TomlSource
 RULE_KEYS = ("name", "description", "enabled", "all", "any", "actions")
 
 
-def load_rules(directory: Path | None) -> RuleSet:
-    """Every ``*.toml`` file in ``directory``, in file-name order (None: no rules)."""
+def load_rules(directory: Path | None, *, templates: Collection[str] | None = None) -> RuleSet:
+    """Every ``*.toml`` file in ``directory``, in file-name order (None: no rules).
+
+    ``templates``, when given, are the auto-response template names a rule's
+    ``auto_response`` may choose (a typo is then an error here, not a silent
+    missing auto-response later).
+    """
     if directory is None:
         return RuleSet(())
     if not directory.is_dir():
@@ -34,7 +40,7 @@ def load_rules(directory: Path | None) -> RuleSet:
     seen: dict[str, Rule] = {}
     for path in files:
         text = _read(path)
-        for rule in parse_rules(text, str(path)):
+        for rule in parse_rules(text, str(path), templates=templates):
             first = seen.get(rule.name)
             if first is not None:
                 raise ConfigError(
@@ -55,7 +61,7 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
 
 
-def parse_rules(text: str, path: str) -> list[Rule]:
+def parse_rules(text: str, path: str, *, templates: Collection[str] | None = None) -> list[Rule]:
     """The enabled rules of one file (disabled ones are checked, then left out)."""
     source = TomlSource.parse(text, path)
     source.lines.update(index_inline_values(text, source.lines))
@@ -79,7 +85,7 @@ def parse_rules(text: str, path: str) -> list[Rule]:
         if isinstance(name, str) and name.strip():
             label = f"rule {name.strip()!r}"
         try:
-            rule = _rule(table, short, source.line_of(("rule", i)) or 0)
+            rule = _rule(table, short, source.line_of(("rule", i)) or 0, templates)
         except RuleProblem as problem:
             raise ConfigError(
                 problem.problem,
@@ -92,7 +98,7 @@ def parse_rules(text: str, path: str) -> list[Rule]:
     return rules
 
 
-def _rule(table: Any, file: str, line: int) -> Rule | None:
+def _rule(table: Any, file: str, line: int, templates: Collection[str] | None) -> Rule | None:
     if not isinstance(table, dict):
         raise RuleProblem("must be a table")
     for key in table:
@@ -115,6 +121,12 @@ def _rule(table: Any, file: str, line: int) -> Rule | None:
             parts.append(compile_group(kind, table[kind], loc=(kind,)))
     condition = combine("all", parts) if parts else None
     actions = parse_actions(table["actions"])
+    wanted = actions.auto_response
+    if wanted and templates is not None and wanted not in templates:
+        have = ", ".join(sorted(templates)) or "none"
+        raise RuleProblem(
+            f"no auto-response template {wanted!r} (have: {have})", ("actions", "auto_response")
+        )
     if not enabled:
         return None
     return Rule(
