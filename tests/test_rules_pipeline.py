@@ -474,3 +474,29 @@ def test_cases_show_explains_priority(run_cli: Any) -> None:
     text = shown.stdout.decode()
     assert "rules: matched rule=urgent-wording at=10-priority.toml:27" in text
     assert "'priority': 'rule urgent-wording'" in text
+
+
+def test_one_message_to_an_address_and_its_alias_is_one_case(make_config: Any) -> None:
+    app = App.open(
+        make_config(
+            '[[address]]\naddress = "support@example.com"\naliases = ["help@example.com"]\n'
+            'priority = "High"\n'
+        )
+    )
+    try:
+        raw = message(19, to="support@example.com, help@example.com")
+        results = []
+        sender = "alice@customer.test"
+        for rcpt in ("support@example.com", "help@example.com"):  # LMTP: one call per recipient
+            results.append(
+                app.pipeline.ingest(
+                    raw, Envelope(channel="lmtp", mail_from=sender, rcpt_to=(rcpt,))
+                )
+            )
+        first, second = results
+        assert (first.outcome, second.outcome) == (Outcome.NEW_CASE, Outcome.DUPLICATE)
+        assert second.case_number == first.case_number
+        assert count(app, Case) == 1 and count(app, Message) == 1
+        assert only_case(app).priority == "High"
+    finally:
+        app.close()
