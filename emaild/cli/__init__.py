@@ -26,9 +26,31 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from emaild.cli import cases, check, ingest, mailbox, outbox, quarantine, rules, run
+    from emaild.cli import (
+        address,
+        cases,
+        check,
+        ingest,
+        mailbox,
+        outbox,
+        quarantine,
+        rules,
+        run,
+        status,
+    )
 
-    for module in (cases, check, ingest, mailbox, outbox, quarantine, rules, run):
+    for module in (
+        address,
+        cases,
+        check,
+        ingest,
+        mailbox,
+        outbox,
+        quarantine,
+        rules,
+        run,
+        status,
+    ):
         module.register(cli)
 
 

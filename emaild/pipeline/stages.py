@@ -25,6 +25,7 @@ from emaild.mime.parse import parse_message
 from emaild.pipeline.context import CaseFields, IngestContext, Outcome
 from emaild.rules.apply import apply_accept_from, apply_rules
 from emaild.store.models import Attachment, Case, CaseParticipant, Message
+from emaild.verification import screen as verification
 
 
 class Stage(Protocol):
@@ -140,6 +141,18 @@ class RulesStage:
 
     def __call__(self, ctx: IngestContext) -> None:
         apply_rules(ctx, ctx.pipeline.services.get("rules"), self.name)
+
+
+class VerifyStage:
+    name = "verify"
+    description = (
+        "mail carrying a verification or forwarding-test token is recorded, never a case;"
+        " mail for an unverified address is held; a held copy is released once verified"
+    )
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        verification.screen(ctx, self.name)
 
 
 class DeduplicateStage:
@@ -364,6 +377,7 @@ STAGES: tuple[Stage, ...] = (
     AcceptStage(),
     ClassifyStage(),
     RulesStage(),
+    VerifyStage(),
     DeduplicateStage(),
     CorrelateStage(),
     LoopDetectStage(),

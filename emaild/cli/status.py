@@ -1,0 +1,94 @@
+"""``emaild status``: addresses, channels, outbox and quarantine on one screen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from emaild.cli.base import Context, pass_ctx
+from emaild.cli.output import echo_json, echo_table
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The status as JSON for scripts.")
+@pass_ctx
+def status_cmd(ctx: Context, as_json: bool) -> None:
+    """Routing addresses, channels, outbox and quarantine at a glance."""
+    from emaild.status import gather_status
+
+    data = gather_status(ctx.app())
+    if as_json:
+        echo_json(data)
+        return
+    _print(data)
+
+
+def _print(data: dict[str, Any]) -> None:
+    now = data["generated_at"]
+    from emaild.status import age
+
+    click.echo(f"emaild status  config: {data['config']}  database: {data['database']}")
+    click.echo("")
+    click.echo("Routing addresses")
+    echo_table(
+        ["  ADDRESS", "SOURCE", "ENABLED", "VERIFIED", "HELD", "PROBLEM"],
+        [
+            [
+                "  " + a["address"],
+                a["source"],
+                "yes" if a["enabled"] else "no",
+                (f"yes ({a['verified_via']})" if a["verified_via"] else "yes")
+                if a["verified"]
+                else "NO",
+                a["held_messages"],
+                a["problem"],
+            ]
+            for a in data["addresses"]
+        ],
+    )
+    click.echo("")
+    click.echo("Channels")
+    if data["channels"]:
+        echo_table(
+            ["  NAME", "LAST SUCCESS", "LAST FAILURE", "ERROR"],
+            [
+                [
+                    "  " + c["name"],
+                    age(c["last_success_at"], now)
+                    if c["reported"]
+                    else "no report (daemon not started?)",
+                    age(c["last_failure_at"], now)
+                    + (
+                        f" ({c['consecutive_failures']} in a row)"
+                        if c["consecutive_failures"]
+                        else ""
+                    ),
+                    (c["last_error"] or "")[:60],
+                ]
+                for c in data["channels"]
+            ],
+        )
+    else:
+        click.echo("  none configured")
+    click.echo("")
+    box = data["outbox"]
+    line = f"Outbox: {box['queued']} queued, {box['sent']} sent, {box['failed']} failed"
+    if box["oldest_queued_at"]:
+        line += f"; oldest queued {age(box['oldest_queued_at'], now)}"
+    click.echo(line)
+    if box["last_error"] and (box["queued"] or box["failed"]):
+        click.echo(f"  last relay error: {box['last_error'][:100]}")
+    q = data["quarantine"]
+    click.echo(
+        f"Quarantine: {q['held']} held" + ("  (emaild quarantine list)" if q["held"] else "")
+    )
+    if data["held_messages"]:
+        click.echo(
+            f"Held for unverified addresses: {data['held_messages']}"
+            "  (emaild address verify ADDRESS)"
+        )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(status_cmd)

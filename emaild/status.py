@@ -1,0 +1,134 @@
+"""``emaild status``: the one screen an admin reads to see whether emaild is healthy.
+
+Everything comes from the database, so the command works the same whether
+the daemon runs here, elsewhere, or not at all: routing addresses with their
+verification state and held mail, each channel's last success and failure
+(``channel_status``, written by the daemon), the outbox by status, and the
+quarantine.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from emaild.store.models import ChannelStatus, OutboxItem, QuarantineEntry
+
+if TYPE_CHECKING:
+    from emaild.app import App
+
+OUTBOX_STATUSES = ("queued", "sent", "failed")
+
+
+def gather_status(app: App) -> dict[str, Any]:
+    """The status as JSON-ready data (``emaild status --json``)."""
+    from emaild.verification.admin import list_addresses
+
+    now = app.pipeline.clock()
+    addresses = [
+        {
+            k: a[k]
+            for k in (
+                "address",
+                "source",
+                "in_use",
+                "problem",
+                "enabled",
+                "verified",
+                "verified_via",
+                "held_messages",
+            )
+        }
+        for a in list_addresses(app)
+    ]
+    with app.db.session() as session:
+        channels = [_channel_json(row) for row in session.scalars(select(ChannelStatus))]
+        outbox = {status: 0 for status in OUTBOX_STATUSES}
+        for status, n in session.execute(
+            select(OutboxItem.status, func.count(OutboxItem.id)).group_by(OutboxItem.status)
+        ):
+            outbox[str(status)] = int(n)
+        oldest: datetime | None = session.scalar(
+            select(func.min(OutboxItem.created_at)).where(OutboxItem.status == "queued")
+        )
+        last_error = session.scalars(
+            select(OutboxItem.last_error)
+            .where(OutboxItem.status.in_(("queued", "failed")), OutboxItem.last_error != "")
+            .order_by(OutboxItem.id.desc())
+            .limit(1)
+        ).first()
+        quarantine = {
+            str(status): int(n)
+            for status, n in session.execute(
+                select(QuarantineEntry.status, func.count(QuarantineEntry.id)).group_by(
+                    QuarantineEntry.status
+                )
+            )
+        }
+    configured = _configured_channels(app)
+    seen = {c["name"] for c in channels}
+    channels += [
+        {
+            "name": name,
+            "kind": kind,
+            "last_success_at": None,
+            "last_failure_at": None,
+            "last_error": "",
+            "consecutive_failures": 0,
+            "reported": False,
+        }
+        for name, kind in configured
+        if name not in seen
+    ]
+    channels.sort(key=lambda c: str(c["name"]))
+    return {
+        "generated_at": now.isoformat(),
+        "config": app.config.source or "(built-in defaults)",
+        "database": make_url(app.config.database_url).render_as_string(hide_password=True),
+        "addresses": addresses,
+        "channels": channels,
+        "outbox": {
+            **outbox,
+            "oldest_queued_at": oldest.isoformat() if oldest else None,
+            "last_error": last_error or "",
+        },
+        "quarantine": {"held": quarantine.get("held", 0), "by_status": quarantine},
+        "held_messages": sum(int(a["held_messages"]) for a in addresses),
+    }
+
+
+def _channel_json(row: ChannelStatus) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "last_success_at": row.last_success_at.isoformat() if row.last_success_at else None,
+        "last_failure_at": row.last_failure_at.isoformat() if row.last_failure_at else None,
+        "last_error": row.last_error,
+        "consecutive_failures": row.consecutive_failures,
+        "reported": True,
+    }
+
+
+def _configured_channels(app: App) -> list[tuple[str, str]]:
+    """Channels the config asks for, named as the daemon names their status rows."""
+    smtp = app.config.smtp
+    names = [(f"smtp:{a}", "smtp") for a in smtp.listen]
+    names += [(f"lmtp:{a}", "lmtp") for a in smtp.lmtp_listen]
+    names += [(f"imap:{m.name}", "imap") for m in app.config.mailbox]
+    return names
+
+
+def age(when: str | None, now: str) -> str:
+    """``3m ago`` style text for an ISO timestamp (``never`` for None)."""
+    if not when:
+        return "never"
+    seconds = (datetime.fromisoformat(now) - datetime.fromisoformat(when)).total_seconds()
+    if seconds < 0:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"

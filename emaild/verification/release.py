@@ -1,0 +1,157 @@
+"""Releasing held mail into cases once its routing address is verified.
+
+Each held message runs through the whole pipeline again, oldest first, so a
+follow-up threads onto the case its predecessor opened and the sender gets the
+auto-response they would have got on arrival. The ``verify`` stage swaps the
+held row for the processed message in one transaction, so a crash mid-way
+leaves the message held (and released on the next pass), never lost or doubled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import func, select
+
+from emaild.errors import EmaildError
+from emaild.pipeline.context import Envelope, IngestResult
+from emaild.store.models import ManagedAddress, Message
+
+if TYPE_CHECKING:
+    from emaild.app import App
+    from emaild.pipeline.core import Pipeline
+
+log = structlog.get_logger("emaild.verification")
+
+HELD = "held"
+# The daemon's safety net: held mail of verified addresses that the inline
+# release did not get to (a crash right after verification, a big backlog).
+RELEASE_JOB_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Released:
+    """One held message run through the pipeline again."""
+
+    held_row: int
+    outcome: str
+    case_number: int | None
+    detail: str = ""
+
+
+def held_counts(session: Any) -> dict[str, int]:
+    """Held messages per routing address."""
+    rows = session.execute(
+        select(Message.routing_address, func.count(Message.id))
+        .where(Message.state == HELD)
+        .group_by(Message.routing_address)
+    )
+    return {str(address): int(n) for address, n in rows}
+
+
+def _verified_addresses(pipeline: Pipeline) -> set[str]:
+    """Addresses verified now, by the database (the book's cache may be stale)."""
+    book = pipeline.addresses
+    book.invalidate()
+    verified = {e.address for e in book.entries() if e.source == "config"}
+    with pipeline.db.session() as session:
+        verified |= set(
+            session.scalars(
+                select(ManagedAddress.address).where(ManagedAddress.verified_at.is_not(None))
+            )
+        )
+    return verified
+
+
+def release_held(
+    pipeline: Pipeline, address: str | None = None, *, limit: int | None = None
+) -> list[Released]:
+    """Run held mail of verified addresses (or just ``address``) through the pipeline.
+
+    Oldest first; at most ``limit`` messages. Messages of addresses that are
+    still unverified are left alone. One message failing (quarantined, or its
+    raw blob missing) does not stop the others.
+    """
+    with pipeline.db.session() as session:
+        waiting = set(held_counts(session))
+    if address is not None:
+        waiting &= {address.lower()}
+    verified = waiting & _verified_addresses(pipeline) if waiting else set()
+    if not verified:
+        return []
+    query = (
+        select(
+            Message.id,
+            Message.raw_sha256,
+            Message.channel,
+            Message.envelope_from,
+            Message.envelope_to,
+            Message.routing_address,
+        )
+        .where(Message.state == HELD, Message.routing_address.in_(sorted(verified)))
+        .order_by(Message.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with pipeline.db.session() as session:
+        rows = list(session.execute(query))
+    released: list[Released] = []
+    for row_id, sha, channel, mail_from, rcpt_to, routing in rows:
+        if not pipeline.blobs.exists(sha):
+            log.error("verification.release_missing_raw", held_row=row_id, raw_sha256=sha)
+            released.append(Released(row_id, "missing", None, f"raw message {sha} is missing"))
+            continue
+        envelope = Envelope(
+            channel=channel or "release",
+            mail_from=mail_from,
+            rcpt_to=tuple(rcpt_to or ()),
+            routing_hint=routing,
+        )
+        try:
+            result: IngestResult = pipeline.ingest(pipeline.blobs.read(sha), envelope)
+        except EmaildError as exc:
+            # Storage trouble: stop here; what is left stays held for the next pass.
+            log.warning("verification.release_stopped", held_row=row_id, error=str(exc))
+            break
+        released.append(Released(row_id, result.outcome.value, result.case_number, result.detail))
+        log.info(
+            "verification.released",
+            held_row=row_id,
+            outcome=result.outcome.value,
+            case=result.case_number,
+        )
+    return released
+
+
+class ReleaseJob:
+    """Daemon component: releases held mail of verified addresses every minute."""
+
+    name = "verification.release"
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def start(self, daemon: Any) -> None:
+        """Add the job to the daemon's scheduler; the work runs in its worker pool."""
+
+        async def tick() -> None:
+            await daemon.run_sync(release_held, self.app.pipeline)
+
+        daemon.scheduler.add_job(
+            tick,
+            "interval",
+            seconds=RELEASE_JOB_SECONDS,
+            id=self.name,
+            max_instances=1,
+            coalesce=True,
+        )
+
+    async def stop(self) -> None:
+        """Nothing to stop: the scheduler stops with the daemon."""
+
+
+def release_component(app: App) -> ReleaseJob:
+    """``COMPONENTS`` factory for the daemon."""
+    return ReleaseJob(app)
