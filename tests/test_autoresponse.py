@@ -19,7 +19,7 @@ from emaild.app import App
 from emaild.classify import LOOP_HEADER
 from emaild.outbox import deliver_due
 from emaild.pipeline import Envelope, Outcome
-from emaild.store.models import Case, Message, OutboxItem
+from emaild.store.models import Case, Message, OutboxItem, SuppressedRecipient
 
 CUSTOMER = "alice@customer.test"
 
@@ -372,3 +372,52 @@ def test_body_token_when_enabled(relay_app: Any, relay_sink: Any) -> None:
     found = app.services["signer"].find_tokens(plain.get_content())
     assert [t.case_id for t in found] == [result.case_number]
     assert email.policy.default  # the stdlib parsed it with the modern policy
+
+
+def dsn_for(original: bytes, action: str = "failed") -> bytes:
+    """An RFC 3464 bounce from the customer's MTA, carrying our message's header."""
+    head = original.split(b"\r\n\r\n", 1)[0]
+    return (
+        b"From: Mail Delivery System <MAILER-DAEMON@mx.customer.test>\r\n"
+        b"To: support@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <bounce-" + action.encode() + b"@mx.customer.test>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="r"\r\n\r\n'
+        b"--r\r\nContent-Type: text/plain\r\n\r\nMailbox unknown.\r\n"
+        b"--r\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.customer.test\r\n\r\n"
+        b"Final-Recipient: rfc822; " + CUSTOMER.encode() + b"\r\n"
+        b"Action: " + action.encode() + b"\r\nStatus: 5.1.1\r\n\r\n"
+        b"--r\r\nContent-Type: text/rfc822-headers\r\n\r\n" + head + b"\r\n--r--\r\n"
+    )
+
+
+@pytest.mark.parametrize(("action", "suppressed"), [("failed", True), ("delayed", False)])
+def test_a_bounce_of_our_auto_response_marks_the_customer_undeliverable(
+    relay_app: Any, relay_sink: Any, action: str, suppressed: bool
+) -> None:
+    app = relay_app()
+    first = app.pipeline.ingest(mail(), Envelope())
+    deliver_due(app)
+    [sent] = relay_sink.wait_for(1)
+    bounce = app.pipeline.ingest(dsn_for(sent.data, action), Envelope(channel="test"))
+    # The bounce threads onto the case by our signed Message-ID and opens nothing.
+    assert bounce.case_number == first.case_number
+    with app.db.session() as s:
+        assert (s.get(SuppressedRecipient, CUSTOMER) is not None) is suppressed
+    later = mail(subject="Another question", message_id="<m9@customer.test>")
+    assert app.pipeline.ingest(later, Envelope()).outcome is Outcome.NEW_CASE
+    assert len(outbox(app)) == (1 if suppressed else 2)
+    if suppressed:
+        assert "marked undeliverable: bounce" in trace_reasons(app, "<m9@customer.test>")[0]
+
+
+def test_a_forged_bounce_for_mail_we_never_sent_suppresses_nobody(relay_app: Any) -> None:
+    app = relay_app()
+    forged = (
+        b"From: Alice <alice@customer.test>\r\nSubject: Re: hi\r\n"
+        b"Message-ID: <never-sent@example.com>\r\n"
+    )
+    app.pipeline.ingest(dsn_for(forged), Envelope(channel="test"))
+    with app.db.session() as s:
+        assert s.get(SuppressedRecipient, CUSTOMER) is None

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from sqlalchemy import select
 
+from emaild.autoresponse.bounces import record_bounce
 from emaild.autoresponse.loopdetect import detect_loop
 from emaild.autoresponse.loopdetect import fingerprint as message_fingerprint
 from emaild.autoresponse.respond import autorespond
@@ -368,6 +369,7 @@ class AutoRespondStage:
     def __call__(self, ctx: IngestContext) -> None:
         if ctx.session is None:
             return
+        record_bounce(ctx)
         autorespond(ctx)
 
 
