@@ -10,6 +10,7 @@ item goes into ``suppressed_recipients`` and gets no further auto-responses.
 from __future__ import annotations
 
 import email
+from email.message import Message
 from email.policy import compat32
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,7 @@ def dsn_actions(raw: bytes) -> set[str]:
         ):
             continue
         payload = part.get_payload()
-        blocks = payload if isinstance(payload, list) else []
+        blocks = [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
         for block in blocks:
             value = str(block.get("action", "")).strip().lower()
             if value:
