@@ -218,11 +218,15 @@ def _text(key: str, label: str, op: str, value: Any, *, case_sensitive: bool) ->
             return any(v.endswith(values) for v in get(facts, key))
 
     else:
-        patterns = tuple(_regex(v, case_sensitive) for v in values)
+        patterns = tuple((_regex(v, case_sensitive), untimed_length(v)) for v in values)
         get = MessageFacts.values  # the pattern carries IGNORECASE itself
 
         def test(facts: MessageFacts) -> bool:
-            return any(facts.search(p, v, label) for v in get(facts, key) for p in patterns)
+            return any(
+                facts.search(p, v, label) if len(v) > short else p.search(v) is not None
+                for v in get(facts, key)
+                for p, short in patterns
+            )
 
     def explain(facts: MessageFacts) -> list[str]:
         seen = MessageFacts.values(facts, key)
@@ -322,6 +326,37 @@ def _regex(pattern: str, case_sensitive: bool) -> Any:
         return regex.compile(pattern, regex.V0 | (0 if case_sensitive else regex.IGNORECASE))
     except regex.error as exc:  # accepted by re, refused by regex: rare, but say so
         raise RuleProblem(f"bad regex {pattern!r}: {exc}", ("regex",)) from None
+
+
+def untimed_length(pattern: str) -> int:
+    """Text up to this length is searched without a time limit (it costs ~2 us a call).
+
+    A pattern that passed ``catastrophic`` with k unbounded repeats backtracks
+    at worst ~n**(k+1) steps on n characters; below 10**6 steps the search is
+    a few milliseconds at worst, so no limit is needed: subjects and header
+    values take the fast path, long bodies the timed one.
+    """
+    parser: Any = importlib.import_module("re._parser")
+    constants: Any = importlib.import_module("re._constants")
+    repeats = {constants.MAX_REPEAT, constants.MIN_REPEAT}
+    possessive = getattr(constants, "POSSESSIVE_REPEAT", None)
+
+    def count(items: Any) -> int:
+        total = 0
+        for op, av in items:
+            if op in repeats or op == possessive:
+                high = av[1]
+                total += int(high == constants.MAXREPEAT or high > _MAXREPEAT_SMALL)
+                total += count(av[2])
+            elif op == constants.SUBPATTERN:
+                total += count(av[-1])
+            elif op == constants.BRANCH:
+                total += max(count(b) for b in av[1])
+            elif op in (constants.ASSERT, constants.ASSERT_NOT):
+                total += count(av[1])
+        return total
+
+    return int((10**6) ** (1 / (count(parser.parse(pattern)) + 1)))
 
 
 def catastrophic(pattern: str) -> str:
