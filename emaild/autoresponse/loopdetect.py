@@ -43,8 +43,7 @@ def detect_loop(ctx: IngestContext) -> None:
     fp = fingerprint(ctx.parsed)
     ctx.extra["fingerprint"] = fp
     # new_case_disposition: set by rules that keep machine mail off new cases.
-    kept_off = getattr(ctx, "new_case_disposition", None)
-    if ctx.disposition is not None or (ctx.case is None and kept_off):
+    if ctx.disposition is not None or (ctx.case is None and ctx.new_case_disposition):
         return  # held, dropped or kept off new cases by a rule: it opens no case anyway
     settings = ctx.config.autoresponse
     since = ctx.now - timedelta(minutes=settings.loop_window_minutes)
