@@ -19,7 +19,7 @@ from emaild.errors import ConfigError
 from emaild.mime.parse import parse_message
 from emaild.pipeline.context import CaseFields
 from emaild.rules import MessageFacts, RuleSet, RulesOutcome, load_rules, parse_rules
-from emaild.rules.conditions import catastrophic
+from emaild.rules.conditions import catastrophic, untimed_length
 from emaild.rules.facts import MAX_BODY_CHARS, MAX_HEADER_CHARS, REGEX_BUDGET_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -789,3 +789,13 @@ def test_auto_response_must_name_a_known_template() -> None:
     )
     suppress = text.replace('"vip-ack"', '""')
     assert parse_rules(suppress, "t.toml", templates=[])[0].actions.auto_response == ""
+
+
+@pytest.mark.parametrize(
+    ("pattern", "length"),
+    [("urgent", 10**6), ("\\border\\s{0,3}#?1\\b", 10**6), ("a.*b", 1000), ("a.*b\\s+c", 99)],
+)
+def test_short_text_skips_the_time_limit_only_when_the_worst_case_is_small(
+    pattern: str, length: int
+) -> None:
+    assert untimed_length(pattern) == length

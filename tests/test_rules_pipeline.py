@@ -500,3 +500,16 @@ def test_one_message_to_an_address_and_its_alias_is_one_case(make_config: Any) -
         assert only_case(app).priority == "High"
     finally:
         app.close()
+
+
+def test_rules_test_on_unparseable_input_says_it_would_be_quarantined(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.eml"
+    junk.write_bytes(b"no headers here\n\njust text\n")
+    proc = run_cli("rules", "test", str(junk), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "quarantined"
+    assert report["reason"].startswith("parse: InputError: ")
+    assert report["matched"] == []

@@ -32,7 +32,7 @@ def test_cmd(
     Nothing is stored. The database is not consulted for threading, so a
     message that would thread onto an existing case is shown as a new case.
     """
-    from emaild.pipeline import Envelope
+    from emaild.pipeline import Envelope, Outcome
 
     try:
         raw = read_input(file)
@@ -55,6 +55,8 @@ def test_cmd(
         click.echo(f"emaild: unusable input: {exc}", err=True)
         sys.exit(EX_DATAERR)
     report = summarize(list(result.trace), result.outcome.value)
+    if result.outcome is Outcome.QUARANTINED and not report["reason"]:
+        report["reason"] = result.detail  # a stage failed: ingesting it would quarantine it
     if as_json:
         echo_json(report)
     else:

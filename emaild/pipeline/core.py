@@ -182,7 +182,13 @@ class Pipeline:
         for stage in self.stages:
             if stage.needs_session:
                 break
-            _run_stage(stage, ctx)
+            try:
+                _run_stage(stage, ctx)
+            except _StageFailed as failed:  # ingesting it would quarantine it: say so
+                detail = f"{failed.stage}: {type(failed.error).__name__}: {failed.error}"
+                return IngestResult(
+                    Outcome.QUARANTINED, detail=detail, trace=tuple(ctx.trace_json())
+                )
             if ctx.stopped:
                 break
         return IngestResult(
