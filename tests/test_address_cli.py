@@ -132,3 +132,27 @@ def test_remove_refuses_while_mail_is_held(run_cli: Any) -> None:
     forced = run_cli("address", "remove", "billing@acme.test", "--force")
     assert forced.returncode == 0
     assert b"1 message(s) stay held" in forced.stdout
+
+
+def test_a_disabled_address_is_refused_by_the_listener(app: Any, run_cli: Any) -> None:
+    import smtplib
+
+    from smtp_helpers import running_listener
+
+    from emaild.channels.smtp import DISABLED_REJECT, DISABLED_TEMPFAIL
+
+    added = run_cli("address", "add", "billing@acme.test", "--disabled-action", "reject")
+    assert added.returncode == 0
+    assert run_cli("address", "disable", "billing@acme.test").returncode == 0
+    app.pipeline.addresses.invalidate()  # the daemon would see it within seconds
+    with running_listener(app) as listener, smtplib.SMTP(*listener.address) as client:
+        client.ehlo()
+        client.mail("carol@customer.test")
+        code, text = client.rcpt("billing@acme.test")
+        assert f"{code} {text.decode()}" == DISABLED_REJECT
+        client.rset()
+        run_cli("address", "add", "sales@acme.test", "--disabled")
+        app.pipeline.addresses.invalidate()
+        client.mail("carol@customer.test")
+        code, text = client.rcpt("sales@acme.test")
+        assert f"{code} {text.decode()}" == DISABLED_TEMPFAIL

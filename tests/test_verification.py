@@ -337,3 +337,20 @@ def test_no_hold_when_the_admin_turns_it_off(make_config: Any) -> None:
         assert any(d["stage"] == "verify" and d["decision"] == "not held" for d in result.trace)
     finally:
         app.close()
+
+
+def test_held_mail_left_behind_by_a_crash_is_released_on_the_next_pass(app: App) -> None:
+    from emaild.verification.release import release_held
+
+    add_address(app)
+    for n in (1, 2):
+        app.pipeline.ingest(customer_mail(n), Envelope(channel="pipe", rcpt_to=(ADDRESS,)))
+    # Verified, but the process died before releasing (nothing ran after commit).
+    app.db.run(lambda s: setattr(s.get(ManagedAddress, ADDRESS), "verified_at", T0))
+    assert count(app, Message, Message.state == "held") == 2
+    released = release_held(app.pipeline, limit=1)  # the daemon job's pass, bounded
+    assert [(r.outcome, r.case_number) for r in released] == [("new_case", 1)]
+    released = release_held(app.pipeline)
+    assert [(r.outcome, r.case_number) for r in released] == [("new_case", 2)]
+    assert count(app, Message, Message.state == "held") == 0
+    assert count(app, Case) == 2
