@@ -513,3 +513,14 @@ def test_rules_test_on_unparseable_input_says_it_would_be_quarantined(
     assert report["outcome"] == "quarantined"
     assert report["reason"].startswith("parse: InputError: ")
     assert report["matched"] == []
+
+
+def test_rules_list_shows_the_shipped_rules_in_order(run_cli: Any) -> None:
+    proc = run_cli("rules", "list", "--json", env={"EMAILD_RULES_DIR": str(ROOT / "rules")})
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    names = [r["name"] for r in rows]
+    assert names[:3] == ["low-priority-headers", "high-priority-headers", "urgent-wording"]
+    assert names[-1] == "spam-flagged"
+    assert rows[2]["at"] == "10-priority.toml:27"
+    assert rows[2]["actions"] == {"priority": "High", "add_tags": ["urgent"]}
