@@ -917,6 +917,7 @@ class IdleWatcher(threading.Thread):
                 _close(client)
 
     def _idle(self, client: IMAPClient) -> None:
+        log.info("imap.idle_started", mailbox=self.box.name, folder=self.box.folders[0])
         while not self.stop_event.is_set():
             started = time.monotonic()
             limit = self.box.idle_reissue_seconds
