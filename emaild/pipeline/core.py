@@ -9,6 +9,7 @@ and with the error, and the caller still gets a stored outcome.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import traceback
 from collections.abc import Callable, Sequence
@@ -122,9 +123,12 @@ class Pipeline:
     # ------------------------------------------------------------------
     def _run(self, ctx: IngestContext) -> IngestResult:
         session: Session | None = None
+        # Held from the transaction's first statement until it is closed.
+        write_turn = contextlib.ExitStack()
         try:
             for stage in self.stages:
                 if stage.needs_session and session is None:
+                    write_turn.enter_context(self.db.serial_writes())
                     session = self.db.sessions()
                     with translate_errors():
                         session.begin()
@@ -134,6 +138,7 @@ class Pipeline:
                     break
             also = ctx.extra.get("also")
             if session is None and also is not None:
+                write_turn.enter_context(self.db.serial_writes())
                 session = self.db.sessions()
                 with translate_errors():
                     session.begin()
@@ -160,6 +165,7 @@ class Pipeline:
             if session is not None:
                 session.close()
                 ctx.session = None
+            write_turn.close()
         # Follow-up work (releasing held mail on verification) runs once the message
         # is durably stored; its failure must not turn a stored message into a retry.
         for hook in ctx.after_commit:

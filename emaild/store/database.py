@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,11 @@ class Database:
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0, pool_size: int = 8) -> None:
         self.url = url
-        self.engine = make_engine(url, busy_timeout=busy_timeout, pool_size=pool_size)
+        self.busy_timeout = busy_timeout
+        self.writers = WriterQueue()
+        self.engine = make_engine(
+            url, busy_timeout=busy_timeout, pool_size=pool_size, writers=self.writers
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -57,11 +63,76 @@ class Database:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def serial_writes(self) -> Iterator[None]:
+        """Hold this process's SQLite write turn (first come, first served).
+
+        SQLite has one writer at a time, and its busy handler makes waiters
+        sleep and poll: under load some writers keep losing the race until the
+        busy timeout, and the sender gets 451 for no reason. Queueing this
+        process's writers here hands the lock over directly instead. A no-op
+        on PostgreSQL, which locks rows, not the database.
+        """
+        if not self.is_sqlite:
+            yield
+            return
+        if not self.writers.acquire(self.busy_timeout):
+            raise TransientError(f"database busy: no write turn within {self.busy_timeout}s")
+        try:
+            yield
+        finally:
+            self.writers.release()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def make_engine(url: str, *, busy_timeout: float = 30.0, pool_size: int = 8) -> Engine:
+class WriterQueue:
+    """A FIFO lock: ``release`` hands it to the longest waiter, no barging."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Event] = deque()
+        self._owner = threading.local()
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the turn; False if it did not come."""
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                self._owner.holds = True
+                return True
+            turn = threading.Event()
+            self._waiters.append(turn)
+        if not turn.wait(timeout):
+            with self._mutex:
+                if not turn.is_set():
+                    self._waiters.remove(turn)
+                    return False
+        self._owner.holds = True
+        return True
+
+    def release(self) -> None:
+        self._owner.holds = False
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().set()  # stays held: handed over
+            else:
+                self._held = False
+
+    def held_here(self) -> bool:
+        """True if the calling thread holds the turn."""
+        return bool(getattr(self._owner, "holds", False))
+
+
+def make_engine(
+    url: str,
+    *,
+    busy_timeout: float = 30.0,
+    pool_size: int = 8,
+    writers: WriterQueue | None = None,
+) -> Engine:
     """An engine tuned for the backend: WAL and busy timeout on SQLite."""
     try:
         parsed = make_url(url)
@@ -109,6 +180,13 @@ def make_engine(url: str, *, busy_timeout: float = 30.0, pool_size: int = 8) -> 
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
+            if writers is not None and writers.held_here():
+                # A second transaction in a thread that is already writing (e.g.
+                # an address-book refresh inside the pipeline's transaction) can
+                # only read: a deferred BEGIN reads the WAL snapshot at once
+                # instead of waiting out the busy timeout on our own lock.
+                conn.exec_driver_sql("BEGIN")
+                return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
