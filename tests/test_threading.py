@@ -167,7 +167,9 @@ def test_altered_token_is_refused(app: App, where: str) -> None:
     assert signer(app).verify(altered) is None
     subject = f"Re: ref:{altered}:ref" if where == "subject" else "Hello"
     body = f"ref:{altered}:ref" if where == "body" else "Hello"
-    result = ingest(app, mail(mid="<r9@else.test>", frm="eve@else.test", subject=subject, body=body))
+    result = ingest(
+        app, mail(mid="<r9@else.test>", frm="eve@else.test", subject=subject, body=body)
+    )
     assert result.outcome is Outcome.NEW_CASE
     assert result.case_number not in (victim, other)
     refused = " ".join(trace(app, result.message_row_id)[0]["refused"])
@@ -207,7 +209,9 @@ def test_case_number_of_a_case_that_does_not_exist(app: App) -> None:
 # --- step 4: Outlook Thread-Index ----------------------------------------------
 def test_outlook_thread_index_threads(app: App) -> None:
     root = bytes(range(22))
-    case = open_case(app, mail(mid="<o-1@corp.test>", headers=[("Thread-Index", thread_index(root))]))
+    case = open_case(
+        app, mail(mid="<o-1@corp.test>", headers=[("Thread-Index", thread_index(root))])
+    )
     follow_up = mail(
         mid="<o-2@corp.test>",
         subject="Printer",  # Outlook dropped Re: and all references
@@ -298,10 +302,7 @@ def reply_to(app: App, case: int, n: int, **kw: Any) -> bytes:
 
 
 def routing_config(make_config: Any, policy: str, days: int = 30) -> App:
-    toml = (
-        f'[[address]]\naddress = "{SUPPORT}"\n'
-        f'closed_case = "{policy}"\nreopen_days = {days}\n'
-    )
+    toml = f'[[address]]\naddress = "{SUPPORT}"\nclosed_case = "{policy}"\nreopen_days = {days}\n'
     return App.open(make_config(toml))
 
 
@@ -399,11 +400,12 @@ def test_bounce_to_a_closed_case_is_appended_without_reopening(make_config: Any)
 # --- what is stored and shown -----------------------------------------------
 def test_new_text_and_full_body_are_both_stored(app: App) -> None:
     case = open_case(app)
-    body = (
-        "Thanks, that fixed it.\n\n-- \nAlice Example\nCustomer Inc.\n\n"
-        + quote("Please restart the printer.")
+    body = "Thanks, that fixed it.\n\n-- \nAlice Example\nCustomer Inc.\n\n" + quote(
+        "Please restart the printer."
     )
-    result = ingest(app, mail(mid="<nt@customer.test>", in_reply_to="<m1@customer.test>", body=body))
+    result = ingest(
+        app, mail(mid="<nt@customer.test>", in_reply_to="<m1@customer.test>", body=body)
+    )
     assert result.case_number == case
     with app.db.session() as s:
         row = s.get(Message, result.message_row_id)

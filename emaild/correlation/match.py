@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from emaild.classify import Classification
@@ -237,12 +237,9 @@ def _by_thread_index(session: Session, signer: CaseSigner, p: ParsedMessage, t: 
     root = p.thread_index
     if not root:
         return False
-    case_id = session.scalars(
-        select(Message.case_id)
-        .where(Message.thread_index == root, Message.case_id.is_not(None))
-        .order_by(Message.id.desc())
-        .limit(1)
-    ).first()
+    # The newest case of the conversation (a follow-up of a closed one has a
+    # higher number); one probe of the (thread_index, case_id) index.
+    case_id = session.scalar(select(func.max(Message.case_id)).where(Message.thread_index == root))
     case = session.get(Case, case_id) if case_id is not None else None
     if case is None:
         t.refused.append("Thread-Index names no stored conversation")
@@ -265,37 +262,49 @@ def _case_for_message_ids(
     session: Session, signer: CaseSigner, ids: list[str], t: Thread
 ) -> tuple[Case, str, str] | None:
     """The first of ``ids`` (in order) that names a case: ``(case, id, how)``."""
-    if not ids:
-        return None
+    signed = {mid: signer.case_from_message_id(mid) for mid in ids if signer.is_ours(mid)}
     stored: dict[str, int] = {}
-    # Two indexed IN lookups whatever the number of ids; outbox rows are mail we
-    # queued, whether or not delivery has stored it as a message yet.
-    for model in (Message, OutboxItem):
-        rows = session.execute(
-            select(model.message_id, model.case_id).where(
-                model.message_id.in_(ids), model.case_id.is_not(None)
-            )
-        )
-        for mid, case_id in rows:
-            if case_id is not None:
-                stored.setdefault(mid, case_id)
-    for mid in ids:
-        how, case_id = "", None
-        if signer.is_ours(mid):
-            case_id = signer.case_from_message_id(mid)
-            how = "signed"
+    looked_up: set[str] = set()
+    for index, mid in enumerate(ids):
+        case_id, how = signed.get(mid), "signed"
+        if case_id is None and mid not in looked_up:
+            # The first id the signature cannot settle: look up it and every
+            # later one at once, so a whole References chain costs one query.
+            batch = [m for m in ids[index:] if signed.get(m) is None and m not in looked_up]
+            stored.update(_stored_cases(session, Message, batch))
+            # Outbox rows are mail we queued, stored or not yet; they matter
+            # for IDs a secret rotation left unverifiable.
+            rest = [m for m in batch if m not in stored]
+            if rest:
+                stored.update(_stored_cases(session, OutboxItem, rest))
+            looked_up.update(batch)
         if case_id is None and mid in stored:
             case_id, how = stored[mid], "stored"
-        elif case_id is None and how == "signed":
-            t.refused.append(f"{mid} looks like ours but its signature fails")
-            continue
         if case_id is None:
+            if mid in signed:
+                t.refused.append(f"{mid} looks like ours but its signature fails")
             continue
         case = session.get(Case, case_id)
         if case is not None:
             return case, mid, how
         t.refused.append(f"{mid} names case {case_id}, which does not exist")
     return None
+
+
+def _stored_cases(
+    session: Session, model: type[Message] | type[OutboxItem], ids: list[str]
+) -> dict[str, int]:
+    """``{message_id: case_id}`` for ``ids`` stored in ``model``'s table (one indexed IN)."""
+    rows = session.execute(
+        select(model.message_id, model.case_id).where(
+            model.message_id.in_(ids), model.case_id.is_not(None)
+        )
+    )
+    found: dict[str, int] = {}
+    for mid, case_id in rows:
+        if case_id is not None:
+            found.setdefault(mid, case_id)
+    return found
 
 
 def _is_participant(session: Session, case: Case, address: str) -> bool:

@@ -132,14 +132,14 @@ class CaseSigner:
 
     def is_ours(self, message_id: str) -> bool:
         """Whether ``message_id`` has the shape of one emaild generated (signed or not)."""
-        local, _, domain = message_id.strip().strip("<>").rpartition("@")
-        return domain.lower() == self.domain.lower() and local.startswith("emaild.")
+        local, _, domain = message_id.strip().strip("<>").lower().rpartition("@")
+        return domain == self.domain.lower() and local.startswith("emaild.")
 
     def case_from_message_id(self, message_id: str) -> int | None:
         """The case a Message-ID we generated names; None if not ours or forged."""
         if not self.is_ours(message_id):
             return None
-        local = message_id.strip().strip("<>").rpartition("@")[0]
+        local = message_id.strip().strip("<>").lower().rpartition("@")[0]
         return self.verify(local.removeprefix("emaild."))
 
     def find_tokens(self, text: str) -> list[FoundToken]:
@@ -186,7 +186,8 @@ def format_regex(fmt: str) -> re.Pattern[str]:
         parts.append(r"\s*".join(re.escape(word) for word in literal.split(" ")))
         if name in ("number", "token"):
             inner = r"\d{1,12}" if name == "number" else r"\d{1,12}\.[0-9a-z]{6,32}\.[0-9a-f]+"
-            parts.append(f"(?P<{name}>{inner})" if name not in named else f"(?:{inner})")
+            group = f"(?P<{name}>{inner})" if name not in named else f"(?:{inner})"
+            parts.append(rf"\s*{group}\s*")
             named.add(name)
     return re.compile("".join(parts), re.IGNORECASE)
 

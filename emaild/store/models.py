@@ -111,7 +111,12 @@ class Message(Base):
     """One inbound or outbound email, stored once however often it arrives."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_fingerprint_received", "fingerprint", "received_at"),)
+    __table_args__ = (
+        Index("ix_messages_fingerprint_received", "fingerprint", "received_at"),
+        # Threading asks for the newest case of an Outlook conversation:
+        # max(case_id) for one thread_index is one probe of this index.
+        Index("ix_messages_thread_index_case_id", "thread_index", "case_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True, default=None)
@@ -123,7 +128,7 @@ class Message(Base):
     message_id: Mapped[str] = mapped_column(String(998), default="", index=True)
     in_reply_to: Mapped[str] = mapped_column(Text, default="")
     references: Mapped[list[Any]] = mapped_column(default=list)
-    thread_index: Mapped[str] = mapped_column(String(64), default="", index=True)
+    thread_index: Mapped[str] = mapped_column(String(64), default="")
     from_addr: Mapped[str] = mapped_column(String(320), default="")
     from_name: Mapped[str] = mapped_column(Text, default="")
     reply_to: Mapped[str] = mapped_column(String(320), default="")

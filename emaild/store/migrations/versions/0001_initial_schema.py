@@ -157,7 +157,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_messages_message_id"), ["message_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_messages_state"), ["state"], unique=False)
         batch_op.create_index(
-            batch_op.f("ix_messages_thread_index"), ["thread_index"], unique=False
+            "ix_messages_thread_index_case_id", ["thread_index", "case_id"], unique=False
         )
 
     op.create_table(
@@ -288,7 +288,7 @@ def downgrade() -> None:
 
     op.drop_table("attachments")
     with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_messages_thread_index"))
+        batch_op.drop_index("ix_messages_thread_index_case_id")
         batch_op.drop_index(batch_op.f("ix_messages_state"))
         batch_op.drop_index(batch_op.f("ix_messages_message_id"))
         batch_op.drop_index("ix_messages_fingerprint_received")
