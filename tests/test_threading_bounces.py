@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from threading_mail import case_row, close_case, ingest, mail, send, signer, trace
+from sqlalchemy import select
+from threading_mail import case_row, close_case, ingest, mail, signer, trace
 
 from emaild.app import App
 from emaild.classify import classify
@@ -24,6 +25,7 @@ from emaild.correlation.tokens import CaseSigner
 from emaild.errors import InputError
 from emaild.mime.parse import parse_message
 from emaild.pipeline import Outcome
+from emaild.store.models import OutboxItem
 
 # Found independently of the code under test: any Message-ID header line below
 # the report's own header is the original's.
@@ -98,20 +100,28 @@ def test_corpus_bounces_thread_onto_the_closed_case_of_our_message(
     if secret == "rotated":
         reports = per_family(reports, 2)  # every MTA's shape, at a third of the cost
         assert len(reports) > 100
+    # emaild answers the new case with its auto-response: that is the mail
+    # whose bounces come back.
     first = ingest(app, mail(mid="<bounce-case@customer.test>"))
     case = first.case_number
-    assert case is not None
-    message_id = None
+    assert first.outcome is Outcome.NEW_CASE and case is not None
+    with app.db.session() as s:
+        sent = s.scalars(
+            select(OutboxItem).where(OutboxItem.case_id == case, OutboxItem.kind == "autoresponse")
+        ).one()
+    ours = sent.message_id
+    assert signer(app).case_from_message_id(ours) == case
     if secret == "rotated":
-        old = CaseSigner(secret=b"secret-before-the-rotation", domain=signer(app).domain)
-        message_id = old.message_id(case)
-    ours = send(app, case, to="gone@customer.test", message_id=message_id)
+        app.pipeline.services["signer"] = CaseSigner(
+            secret=b"the-secret-after-the-rotation", domain=signer(app).domain
+        )
+        assert signer(app).case_from_message_id(ours) is None
     close_case(app, case)
 
     steps: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     for path in reports:
-        result = ingest(app, wrap(path.read_bytes(), str(ours["Message-ID"])))
+        result = ingest(app, wrap(path.read_bytes(), ours))
         assert result.case_number == case, f"{path.name}: {result.outcome} {result.detail}"
         outcomes[result.outcome.value] += 1
         if result.outcome is Outcome.APPENDED:
