@@ -385,3 +385,23 @@ def test_cli_list_retry_flush(
     )
     assert run_cli("outbox", "flush", env=env).returncode == 0
     assert len(relay_sink.wait_for(3)) == 3
+
+
+def test_unreadable_password_file_defers_with_the_reason(
+    make_config: Any, make_relay_sink: Any, relay_certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    sink = make_relay_sink(tls_cert=relay_certificate, auth=("emaild", "right"))
+    config = make_config(
+        f'[relay]\nstarttls = "required"\nca_file = "{relay_certificate[0]}"\n'
+        f'username = "emaild"\npassword_file = "{tmp_path / "missing"}"\n',
+        **sink.relay_env,
+    )
+    app = App.open(config)
+    try:
+        queue_notices(app, 1)
+        report = deliver_due(app, clock=Clock())
+        assert len(report.deferred) == 1
+        assert "relay.password_file: cannot read" in report.relay_error
+        assert "cannot read" in items(app)[0].last_error
+    finally:
+        app.close()

@@ -95,7 +95,8 @@ def deliver_due(
     report = DeliveryReport()
     worker = worker_name()
     lease = max(300.0, relay.timeout_seconds * 10)
-    session = RelaySession(relay)
+    # Our EHLO name: the listener's configured hostname, else smtplib's FQDN lookup.
+    session = RelaySession(relay, local_hostname=app.config.smtp.hostname or None)
     cursor, budget = 0, limit
     try:
         while budget is None or budget > 0:

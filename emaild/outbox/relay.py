@@ -121,6 +121,9 @@ class RelaySession:
         except RelayUnavailable:
             self.close()
             raise
+        except ConfigError as exc:  # unreadable password file: visible on every item's error
+            self.close()
+            raise RelayUnavailable(f"relay {where}: {exc}") from None
         except smtplib.SMTPAuthenticationError as exc:
             self.close()
             raise RelayUnavailable(f"relay {where} refused AUTH: {_reply(exc)}") from None
