@@ -4,6 +4,8 @@ matching order, its negative, and the closed-case policy."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +28,7 @@ from threading_mail import (
 
 from emaild.app import App
 from emaild.correlation.tokens import CaseSigner, load_signer
-from emaild.pipeline import Outcome
+from emaild.pipeline import Envelope, Outcome
 from emaild.store.models import Case, Message
 
 FIRST = mail(mid="<m1@customer.test>", cc=["bob@customer.test"])
@@ -433,3 +435,34 @@ def test_cases_show_json_subject_token_is_what_outgoing_mail_uses(
     assert shown["subject_token"] == expected
     assert expected.startswith("[#1 1.thread.")
     assert load_signer(config).subject_numbers(f"Re: {expected} x") == [1]
+
+
+def test_two_late_replies_at_once_open_one_follow_up(make_config: Any) -> None:
+    """The first reply's transaction is held open just before commit while the
+    second runs: the second must wait for it and join its follow-up case."""
+    app = routing_config(make_config, "new_linked")
+    try:
+        case = open_case(app)
+        close_case(app, case)
+        holding, results = threading.Event(), {}
+
+        def hold(_session: Any) -> None:
+            holding.set()
+            time.sleep(1.0)  # the second reply runs meanwhile (or waits for us)
+
+        def first() -> None:
+            results[1] = app.pipeline.ingest(reply_to(app, case, 1), Envelope(), also=hold)
+
+        worker = threading.Thread(target=first)
+        worker.start()
+        assert holding.wait(30)
+        results[2] = ingest(app, reply_to(app, case, 2))
+        worker.join(30)
+        assert results[1].outcome is Outcome.NEW_CASE
+        assert (results[2].outcome, results[2].case_number) == (
+            Outcome.APPENDED,
+            results[1].case_number,
+        )
+        assert case_count(app) == 2
+    finally:
+        app.close()

@@ -125,6 +125,12 @@ def correlate(
     )
     if not is_closed(case):
         return result
+    # Two replies to one closed case at once must not open two follow-ups: lock
+    # the case (PostgreSQL; SQLite writers are serialised already) and read its
+    # state again, so the second sees what the first did.
+    case = lock_case(session, case)
+    if not is_closed(case):
+        return result
     action, why = closed_case_action(case, policy_for(case), machine=machine, now=now)
     if action == "append":
         result.trace.append(("kept closed", {"case": case.id, "reason": why}))
@@ -150,6 +156,16 @@ def correlate(
 def is_closed(case: Case) -> bool:
     """Whether ``case`` is closed (replies then follow the closed-case policy)."""
     return case.status == CLOSED
+
+
+def lock_case(session: Session, case: Case) -> Case:
+    """``case`` re-read under a row lock held until the transaction ends."""
+    return session.scalars(
+        select(Case)
+        .where(Case.id == case.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
 
 
 def reopen(case: Case) -> None:
