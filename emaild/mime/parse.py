@@ -129,10 +129,12 @@ def parse_message(
     parsed.in_reply_to = _first_msgid(parsed.header("in-reply-to"))
     parsed.references = _all_msgids(" ".join(parsed.header_all("references")))
     parsed.subject = _clean(_decode(message.get("subject", "")))
-    parsed.from_ = _first_address(parsed.header_all("from"))
-    parsed.reply_to = _first_address(parsed.header_all("reply-to"))
-    parsed.to = _addresses(parsed.header_all("to"))
-    parsed.cc = _addresses(parsed.header_all("cc"))
+    # Addresses are split on the raw header and only the names decoded afterwards: an
+    # encoded word must never be able to smuggle in a different address.
+    parsed.from_ = _first_address(_raw_values(message, "from"))
+    parsed.reply_to = _first_address(_raw_values(message, "reply-to"))
+    parsed.to = _addresses(_raw_values(message, "to"))
+    parsed.cc = _addresses(_raw_values(message, "cc"))
     parsed.date = _date(parsed.header("date"))
     parsed.text = "\n".join(mail.text_plain)
     parsed.html = "\n".join(mail.text_html)
@@ -246,12 +248,22 @@ def _all_msgids(value: str) -> list[str]:
     return [f"<{m}>" for m in _MSGID.findall(value)][:100]
 
 
+def _raw_values(message: Any, name: str) -> list[str]:
+    """Every value of header ``name`` as text, 8-bit bytes decoded, encoded words NOT."""
+    out = []
+    for value in message.get_all(name) or []:
+        if isinstance(value, Header):
+            value = "".join(_text(chunk, cs) for chunk, cs in decode_header(value))
+        out.append(_undo_surrogates(str(value)))
+    return out
+
+
 def _addresses(values: list[str]) -> list[Address]:
     out = []
     for name, addr in getaddresses(values):
         addr = addr.strip().lower()
-        if "@" in addr:
-            out.append(Address(_clean(name), addr))
+        if "@" in addr and "=?" not in addr and not any(c in addr for c in "\r\n<>,; "):
+            out.append(Address(_clean(_decode(name)), addr))
     return out
 
 
