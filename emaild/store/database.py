@@ -115,6 +115,7 @@ class WriterQueue:
 
     def release(self) -> None:
         self._owner.holds = False
+        self._owner.writing = False
         with self._mutex:
             if self._waiters:
                 self._waiters.popleft().set()  # stays held: handed over
@@ -124,6 +125,14 @@ class WriterQueue:
     def held_here(self) -> bool:
         """True if the calling thread holds the turn."""
         return bool(getattr(self._owner, "holds", False))
+
+    def mark_writing(self) -> None:
+        """The turn holder's write transaction has begun (until ``release``)."""
+        self._owner.writing = True
+
+    def writing_here(self) -> bool:
+        """True if the calling thread already has its write transaction open."""
+        return bool(getattr(self._owner, "writing", False))
 
 
 def make_engine(
@@ -180,7 +189,7 @@ def make_engine(
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            if writers is not None and writers.held_here():
+            if writers is not None and writers.writing_here():
                 # A second transaction in a thread that is already writing (e.g.
                 # an address-book refresh inside the pipeline's transaction) can
                 # only read: a deferred BEGIN reads the WAL snapshot at once
@@ -188,6 +197,8 @@ def make_engine(
                 conn.exec_driver_sql("BEGIN")
                 return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if writers is not None and writers.held_here():
+                writers.mark_writing()
 
     return engine
 
