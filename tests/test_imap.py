@@ -305,7 +305,7 @@ def test_too_large_message_is_recorded_and_the_sender_told_once(
                 session.scalars(select(OutboxItem).where(OutboxItem.kind == "too_large"))
             )
             assert [(n.kind, n.rcpt_to, n.mail_from) for n in notices] == [
-                ("too_large", "alice@customer.test", "")
+                ("too_large", "alice@customer.test", "support@example.com")
             ]
             assert b"Auto-Submitted: auto-replied" in notices[0].raw
         # Only headers were kept: "delete" must not remove these from the server.

@@ -633,7 +633,10 @@ class MailboxPoller:
             domain=self.app.config.threading.domain or sender.rpartition("@")[2],
             now=utcnow(),
         )
-        enqueue(session, notice, mail_from="", rcpt_to=recipient, now=utcnow(), kind="too_large")
+        # Envelope sender as for auto-responses: a bounce comes back and suppresses the address.
+        enqueue(
+            session, notice, mail_from=sender, rcpt_to=recipient, now=utcnow(), kind="too_large"
+        )
         return f"sender {recipient} told"
 
     def _our_address(self, parsed: ParsedMessage) -> str:
@@ -782,6 +785,12 @@ class MailboxWorker:
     @property
     def stop(self) -> threading.Event:
         return self.poller.stop
+
+    def retry_in(self) -> float | None:
+        """Seconds until a failing mailbox may be polled again; None when it is healthy."""
+        if not self._failures:
+            return None
+        return max(0.0, self._retry_at - time.monotonic())
 
     def poll(self, *, again: bool = False, force: bool = False) -> PollSummary | None:
         """Poll until no new mail was announced meanwhile; None if skipped.
@@ -968,7 +977,14 @@ def run_forever(
         while not stop.is_set():
             wake.clear()
             worker.poll(again=True)
-            wake.wait(box.poll_interval_seconds)
+            retry = worker.retry_in()
+            # After a failure, try again when the backoff ends, not a whole interval later.
+            wait = (
+                box.poll_interval_seconds
+                if retry is None
+                else min(retry, box.poll_interval_seconds)
+            )
+            wake.wait(wait)
     finally:
         stop.set()
         if watcher is not None:
@@ -1043,10 +1059,15 @@ class ImapComponent:
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, lambda: worker.poll(again=again))
+            summary = await loop.run_in_executor(self.executor, lambda: worker.poll(again=again))
         except RuntimeError:
             if not self.stop_event.is_set():  # only "executor shut down" is expected
                 raise
+            return
+        retry = worker.retry_in()
+        if summary is not None and retry is not None:
+            # It failed: try again when the backoff ends, not a whole interval later.
+            loop.call_later(retry + 0.01, self._spawn_poll, worker)
 
     async def stop(self) -> None:
         """Finish the message in hand, log out, stop the watchers."""
