@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from dovecot import Dovecot, ImapUser
 from sqlalchemy import func, select
 
@@ -323,6 +324,28 @@ def test_too_large_message_is_recorded_and_the_sender_told_once(
         app.close()
 
 
+# --- one poll at a time ------------------------------------------------------------------
+def test_one_poll_at_a_time_and_a_wake_mid_poll_gets_another_pass(
+    dovecot: Dovecot, app: App
+) -> None:
+    user = dovecot.new_user()
+    dovecot.append(user, [mail(1), mail(2)])
+    answers: list[object] = []
+
+    def progress(step: str, folder: str, uid: int) -> None:
+        if step == "stored" and uid == 1 and not answers:
+            # Mail arrives while the poll runs; IDLE would call poll(again=True) now.
+            dovecot.append(user, [mail("late")])
+            answers.append(worker.poll())  # busy: skipped
+            answers.append(worker.poll(again=True))  # busy: asks for one more pass
+
+    worker = MailboxWorker(app, box_for(dovecot, user), progress=progress)
+    summary = worker.poll()
+    worker.poller.close()
+    assert answers == [None, None]
+    assert summary is not None and (summary.fetched, summary.cases) == (3, 3)
+
+
 # --- failures are visible ---------------------------------------------------------------
 def test_unreachable_server_is_recorded_in_channel_status(app: App) -> None:
     from dovecot import free_port
@@ -334,8 +357,12 @@ def test_unreachable_server_is_recorded_in_channel_status(app: App) -> None:
         | {"password": "y", "idle": False}
     )
     worker = MailboxWorker(app, box)
-    for _ in range(3):
-        assert worker.poll(force=True) is not None
+    with structlog.testing.capture_logs() as logged:
+        for _ in range(3):
+            assert worker.poll(force=True) is not None
+    levels = [e["log_level"] for e in logged if e["event"] == "imap.poll_failed"]
+    assert levels == ["warning", "warning", "error"]  # loud once it keeps failing
+    assert worker.retry_in() is not None
     with app.db.session() as session:
         row = session.get(ChannelStatus, "imap:down")
         assert row is not None
