@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from emaild.errors import InputError
+from emaild.errors import InputError, TransientError
 from emaild.outbox import enqueue
 from emaild.routing import sender_allowed
 from emaild.store.models import ChannelStatus, Message, QuarantineEntry, VerificationToken
@@ -140,7 +140,10 @@ def run_forwarding_test(
     report.sent_at = _sent_at(app, outbox_id) or now
     deadline = monotonic() + timeout
     while True:
-        arrival = _arrival(app, token_id)
+        try:
+            arrival = _arrival(app, token_id)
+        except TransientError:
+            arrival = None  # the database is busy (the daemon is writing): ask again
         if arrival is not None:
             _describe_arrival(app, report, *arrival)
             return report
