@@ -33,7 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from emaild.app import App
 from emaild.channels.imap import imap_component
-from emaild.channels.smtp import SmtpChannel
+from emaild.channels.smtp import SmtpChannel, security_settings
 from emaild.config import load_config
 from emaild.errors import EX_OK, ConfigError, EmaildError
 from emaild.outbox.component import outbox_component
@@ -220,12 +220,16 @@ class Daemon:
         self.notifier.reloading()
         try:
             config = await self.run_sync(load_config, self.config_path, self.env)
+            # Check certificate and credentials first: a reload applies whole or not at all.
+            security = await self.run_sync(security_settings, config.smtp)
             old = self.app.config
             await self.run_sync(self.app.reload, config)
         except EmaildError as exc:
             log.error("daemon.reload_failed", error=str(exc), kept="previous configuration")
             self.notifier.ready(f"reload failed, previous configuration kept: {exc}")
             return False
+        if self.smtp is not None:
+            self.smtp.tls, self.smtp.credentials = security
         if (config.smtp.listen, config.smtp.lmtp_listen) != (old.smtp.listen, old.smtp.lmtp_listen):
             log.warning("daemon.reload_listen_unchanged", reason="listen addresses need a restart")
         log.info("daemon.reloaded", source=config.source or "built-in defaults")

@@ -189,8 +189,19 @@ def test_sighup_reloads_addresses_and_keeps_old_config_when_bad(
             client.mail(SENDER)
             assert client.rcpt("support@example.com")[0] == 250
             assert client.rcpt("sales@example.com")[0] == 250
-        [failed] = daemon.events("daemon.reload_failed")
-        assert failed["error"] == f"{config}:3: address[0].prio: unknown key"
+            # A certificate that cannot be loaded fails the whole reload too.
+            config.write_text(
+                '[[address]]\naddress = "support@example.com"\n'
+                f'[smtp]\ntls_cert = "{tmp_path}/missing.pem"\ntls_key = "{tmp_path}/k.pem"\n'
+            )
+            daemon.signal(signal.SIGHUP)
+            assert "reload failed" in daemon.wait_for("READY")["STATUS"]
+            client.rset()
+            client.mail(SENDER)
+            assert client.rcpt("sales@example.com")[0] == 250
+        first, second = daemon.events("daemon.reload_failed")
+        assert first["error"] == f"{config}:3: address[0].prio: unknown key"
+        assert second["error"].startswith("smtp.tls_cert: cannot load certificate/key")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -463,6 +464,17 @@ class Listener:
         return stored_reply(result), result
 
 
+def security_settings(smtp: SmtpConfig) -> tuple[ssl.SSLContext | None, dict[str, str]]:
+    """The STARTTLS context and AUTH credentials ``smtp`` asks for, checked together."""
+    tls = tls_context(smtp)
+    credentials = load_credentials(Path(smtp.auth_file)) if smtp.auth_file else {}
+    if smtp.auth_required and not credentials:
+        raise ConfigError("auth_required needs an auth_file", key="smtp.auth_required")
+    if credentials and tls is None:
+        raise ConfigError("AUTH needs STARTTLS: set tls_cert and tls_key", key="smtp.auth_file")
+    return tls, credentials
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
 
@@ -487,16 +499,8 @@ class SmtpChannel:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
-        smtp = app.config.smtp
-        self.hostname = smtp.hostname or socket.getfqdn()
-        self.tls = tls_context(smtp)
-        self.credentials: dict[str, str] = (
-            load_credentials(Path(smtp.auth_file)) if smtp.auth_file else {}
-        )
-        if smtp.auth_required and not self.credentials:
-            raise ConfigError("auth_required needs an auth_file", key="smtp.auth_required")
-        if self.credentials and self.tls is None:
-            raise ConfigError("AUTH needs STARTTLS: set tls_cert and tls_key", key="smtp.auth_file")
+        self.hostname = app.config.smtp.hostname or socket.getfqdn()
+        self.tls, self.credentials = security_settings(app.config.smtp)
         self.accepted = 0
         self.tempfailed = 0
         self.rejected = 0
