@@ -21,6 +21,8 @@ recognised as the same bytes. The envelope is stored beside the message.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import socket
 import ssl
@@ -219,9 +221,6 @@ class _SessionMixin:
     # loop; PBKDF2 is deliberately slow, so ours verify in a worker thread.
     async def auth_PLAIN(self, _: Any, args: list[str]) -> Any:
         this: Any = self
-        import base64
-        import binascii
-
         if len(args) == 1:
             blob = await this.challenge_auth("")
             if not isinstance(blob, bytes):
@@ -240,9 +239,6 @@ class _SessionMixin:
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> Any:
         this: Any = self
-        import base64
-        import binascii
-
         if len(args) == 1:
             login = await this.challenge_auth(this.AuthLoginUsernameChallenge)
             if not isinstance(login, bytes):
