@@ -43,3 +43,14 @@ def test_message_ids_are_normalised() -> None:
     assert p.in_reply_to == "<p1@b.test>"
     assert p.references == ["<r1@b.test>", "<r2@b.test>"]
     assert p.dedup_key == "mid:<abc@b.test>"
+
+
+def test_nul_bytes_never_reach_the_database() -> None:
+    raw = (
+        b"From: a@b.test\r\nSubject: s\r\nX-Odd: a\x00b\r\n"
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"before=00after\r\n"
+    )
+    p = parse(raw)
+    assert "\x00" not in p.text and "before\ufffdafter" in p.text
+    assert all("\x00" not in v for _, v in p.headers)

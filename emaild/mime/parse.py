@@ -124,7 +124,7 @@ def parse_message(
         size=len(raw),
     )
     message = mail.message
-    parsed.headers = [(k, _decode(v)) for k, v in message.items()]
+    parsed.headers = [(_no_nul(str(k)), _no_nul(_decode(v))) for k, v in message.items()]
     parsed.message_id = _first_msgid(parsed.header("message-id"))
     parsed.in_reply_to = _first_msgid(parsed.header("in-reply-to"))
     parsed.references = _all_msgids(" ".join(parsed.header_all("references")))
@@ -136,8 +136,8 @@ def parse_message(
     parsed.to = _addresses(_raw_values(message, "to"))
     parsed.cc = _addresses(_raw_values(message, "cc"))
     parsed.date = _date(parsed.header("date"))
-    parsed.text = "\n".join(mail.text_plain)
-    parsed.html = "\n".join(mail.text_html)
+    parsed.text = _no_nul("\n".join(mail.text_plain))
+    parsed.html = _no_nul("\n".join(mail.text_html))
     parsed.content_type = message.get_content_type()
     parsed.charsets = sorted({c for c in message.get_charsets() if c})
     parsed.defects = _defects(mail)
@@ -229,6 +229,11 @@ def _undo_surrogates(text: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("cp1252", "replace")
+
+
+def _no_nul(value: str) -> str:
+    """NUL can't be stored in PostgreSQL text; a decoded "=00" must not quarantine mail."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _clean(value: str) -> str:
