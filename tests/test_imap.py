@@ -420,3 +420,33 @@ def test_config_file_mailbox_with_password_file(
         assert poll(app, box)["cases"] == 1
     finally:
         app.close()
+
+
+# --- IDLE ---------------------------------------------------------------------------------
+def test_idle_watcher_reissues_and_wakes_on_new_mail(dovecot: Dovecot) -> None:
+    import threading
+    import time
+
+    from emaild.channels.imap import IdleWatcher
+    from emaild.channels.imap_auth import Credentials
+
+    user = dovecot.new_user()
+    box = box_for(dovecot, user, idle=True, idle_reissue_seconds=1.0)
+    woke = threading.Event()
+    stop = threading.Event()
+    watcher = IdleWatcher(box, Credentials(box), woke.set, stop)
+    watcher.start()
+    try:
+        assert watcher.idling.wait(10)
+        time.sleep(2.5)  # the 1 s limit re-issues the IDLE twice meanwhile
+        assert watcher.idle_commands >= 3
+        assert not woke.is_set()
+        started = time.monotonic()
+        dovecot.append(user, [mail(1)])
+        assert woke.wait(5)
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        watcher.interrupt()
+        watcher.join(10)
+    assert not watcher.is_alive() and watcher.supported is True

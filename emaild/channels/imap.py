@@ -893,6 +893,7 @@ class IdleWatcher(threading.Thread):
         self.client: IMAPClient | None = None
         self.idling = threading.Event()  # set while an IDLE is in progress (tests wait on it)
         self.supported: bool | None = None
+        self.idle_commands = 0  # IDLEs issued so far (re-issues included)
 
     def run(self) -> None:
         failures = 0
@@ -927,28 +928,35 @@ class IdleWatcher(threading.Thread):
 
     def _idle(self, client: IMAPClient) -> None:
         log.info("imap.idle_started", mailbox=self.box.name, folder=self.box.folders[0])
+        fresh = True
         while not self.stop_event.is_set():
             started = time.monotonic()
             limit = self.box.idle_reissue_seconds
             deadline = self.credentials.session_deadline()
             if deadline is not None:
-                limit = min(limit, (deadline - utcnow()).total_seconds())
-                if limit <= 0:
-                    return  # reconnect with a fresh token
+                to_deadline = (deadline - utcnow()).total_seconds()
+                if to_deadline <= 0 and not fresh:
+                    return  # log in again with a fresh token
+                # A token the source does not refresh: retry each minute, not in a tight loop.
+                limit = min(limit, max(to_deadline, 60.0))
+            fresh = False
             client.idle()
+            self.idle_commands += 1
             self.idling.set()
             try:
                 while not self.stop_event.is_set():
                     left = limit - (time.monotonic() - started)
                     if left <= 0:
                         break
-                    responses = client.idle_check(timeout=min(left, 5.0))
-                    if any(len(r) > 1 and r[1] == b"EXISTS" for r in responses):
+                    if _announces_mail(client.idle_check(timeout=min(left, 5.0))):
                         self.on_mail()
             finally:
                 self.idling.clear()
-                if not self.stop_event.is_set():
-                    client.idle_done()
+            if self.stop_event.is_set():
+                return
+            # News that arrived while ending the IDLE comes with DONE's answer.
+            if _announces_mail(client.idle_done()[1]):
+                self.on_mail()
 
     def interrupt(self) -> None:
         """Wake the thread out of its IDLE wait (on shutdown)."""
@@ -956,6 +964,10 @@ class IdleWatcher(threading.Thread):
         if client is not None:
             with contextlib.suppress(OSError):
                 client.socket().shutdown(socket.SHUT_RDWR)
+
+
+def _announces_mail(responses: list[Any]) -> bool:
+    return any(len(r) > 1 and r[1] == b"EXISTS" for r in responses)
 
 
 # --- running: foreground (``emaild poll``) and inside the daemon -----------------------
