@@ -280,8 +280,11 @@ class Daemon:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
-            if self.smtp is not None:
-                await self.run_sync(self.smtp.flush_health)
+            try:
+                if self.smtp is not None:
+                    await self.run_sync(self.smtp.flush_health)
+            except Exception as exc:  # health reporting must never stop the daemon
+                log.error("daemon.health_flush_failed", error=f"{type(exc).__name__}: {exc}")
             self.notifier.status(self.summary())
 
     async def _watchdog_loop(self, interval: float) -> None:
