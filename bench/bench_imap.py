@@ -38,7 +38,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from emaild import logs  # noqa: E402
 from emaild.app import App  # noqa: E402
-from emaild.channels.imap import MailboxPoller, run_forever  # noqa: E402
+from emaild.channels.imap import MailboxPoller, MailboxRunner  # noqa: E402
 from emaild.config import MailboxConfig, load_config  # noqa: E402
 from emaild.pipeline import Envelope  # noqa: E402
 from emaild.store.models import Message  # noqa: E402
@@ -101,9 +101,8 @@ def stored(app: App) -> int:
 def idle_latencies(server: Dovecot, work: Path, rounds: int) -> list[float]:
     user = server.new_user()
     app = open_app(work / "idle-state", "")
-    stop = threading.Event()
-    box = mailbox(server, user, idle=True, poll_interval_seconds=300.0)
-    thread = threading.Thread(target=run_forever, args=(app, box, stop), daemon=True)
+    runner = MailboxRunner(app, mailbox(server, user, idle=True, poll_interval_seconds=300.0))
+    thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     try:
         time.sleep(1.0)  # connected and in IDLE
@@ -119,7 +118,7 @@ def idle_latencies(server: Dovecot, work: Path, rounds: int) -> list[float]:
             time.sleep(0.2)
         return out
     finally:
-        stop.set()
+        runner.stop()
         thread.join(15)
         app.close()
 

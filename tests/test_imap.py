@@ -450,3 +450,39 @@ def test_idle_watcher_reissues_and_wakes_on_new_mail(dovecot: Dovecot) -> None:
         watcher.interrupt()
         watcher.join(10)
     assert not watcher.is_alive() and watcher.supported is True
+
+
+def test_poll_without_once_keeps_polling_until_sigterm(
+    dovecot: Dovecot, app: App, cli_env: dict[str, str]
+) -> None:
+    import signal
+    import time
+
+    user = dovecot.new_user()
+    url = f"imap://{user.name}@{dovecot.host}:{dovecot.port}/INBOX"
+    env = dict(cli_env, EMAILD_IMAP_PASSWORD=user.password)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emaild", "poll", url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        dovecot.append(user, [mail("first")])
+        while count(app, Message) < 1:  # the first pass, then IDLE
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        dovecot.append(user, [mail("second")])
+        while count(app, Message) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert flags(dovecot, user) == [(SEEN,)] * 2

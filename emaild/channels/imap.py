@@ -971,39 +971,46 @@ def _announces_mail(responses: list[Any]) -> bool:
 
 
 # --- running: foreground (``emaild poll``) and inside the daemon -----------------------
-def run_forever(
-    app: App, box: MailboxConfig, stop: threading.Event, *, credentials: Credentials | None = None
-) -> None:
-    """Poll ``box`` until ``stop`` is set: IDLE when possible, else every interval."""
-    worker = MailboxWorker(app, box, credentials=credentials, stop=stop)
-    wake = threading.Event()
+class MailboxRunner:
+    """Polls one mailbox in the foreground (``emaild poll`` without ``--once``):
+    IDLE when possible, else every interval, until ``stop()``."""
 
-    def on_mail() -> None:
-        wake.set()
+    def __init__(
+        self, app: App, box: MailboxConfig, *, credentials: Credentials | None = None
+    ) -> None:
+        self.app = app
+        self.box = box
+        self.stopping = threading.Event()
+        self.wakeup = threading.Event()
+        self.worker = MailboxWorker(app, box, credentials=credentials, stop=self.stopping)
 
-    watcher: IdleWatcher | None = None
-    if box.idle:
-        watcher = IdleWatcher(box, worker.poller.credentials, on_mail, stop)
-        watcher.start()
-    try:
-        while not stop.is_set():
-            wake.clear()
-            worker.poll(again=True)
-            retry = worker.retry_in()
-            # After a failure, try again when the backoff ends, not a whole interval later.
-            wait = (
-                box.poll_interval_seconds
-                if retry is None
-                else min(retry, box.poll_interval_seconds)
-            )
-            wake.wait(wait)
-    finally:
-        stop.set()
-        if watcher is not None:
-            watcher.interrupt()
-            watcher.join(10)
-        worker.poller.close()
-        worker.health.flush(app.db)
+    def stop(self) -> None:
+        """End ``run`` soon (after the message in hand); safe from signal handlers."""
+        self.stopping.set()
+        self.wakeup.set()
+
+    def run(self) -> None:
+        """Poll until ``stop()``."""
+        box, worker = self.box, self.worker
+        watcher: IdleWatcher | None = None
+        if box.idle:
+            watcher = IdleWatcher(box, worker.poller.credentials, self.wakeup.set, self.stopping)
+            watcher.start()
+        try:
+            while not self.stopping.is_set():
+                self.wakeup.clear()
+                worker.poll(again=True)
+                retry = worker.retry_in()
+                # After a failure, try again when the backoff ends, not an interval later.
+                wait = box.poll_interval_seconds
+                self.wakeup.wait(wait if retry is None else min(retry, wait))
+        finally:
+            self.stopping.set()
+            if watcher is not None:
+                watcher.interrupt()
+                watcher.join(10)
+            worker.poller.close()
+            worker.health.flush(self.app.db)
 
 
 class ImapComponent:

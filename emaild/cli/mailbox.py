@@ -7,7 +7,6 @@ import os
 import signal
 import ssl
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,17 +44,17 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
     server or the database is unavailable, 78 when the login is refused or the
     folder is missing.
     """
-    from emaild.channels.imap import MailboxWorker, run_forever
+    from emaild.channels.imap import MailboxRunner, MailboxWorker
     from emaild.channels.imap_auth import Credentials
 
     box = resolve_mailbox(ctx, mailbox)
     app = ctx.app()
     credentials = Credentials(box)
     if not once:
-        stop = threading.Event()
+        runner = MailboxRunner(app, box, credentials=credentials)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        run_forever(app, box, stop, credentials=credentials)
+            signal.signal(signum, lambda *_: runner.stop())
+        runner.run()
         return
     worker = MailboxWorker(app, box, credentials=credentials)
     try:
