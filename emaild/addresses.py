@@ -169,7 +169,9 @@ class AddressBook:
     def _read_rows(self) -> list[ManagedAddress]:
         if self.db is None:
             return []
-        with self.db.session() as session:
+        # Read-only: a refresh runs under self._lock, and a pipeline thread that
+        # holds SQLite's write lock may be waiting for self._lock (routing, loop checks).
+        with self.db.session(readonly=True) as session:
             rows = list(session.scalars(select(ManagedAddress).order_by(ManagedAddress.created_at)))
             session.expunge_all()
             return rows

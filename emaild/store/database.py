@@ -20,6 +20,8 @@ from emaild.store.migrations import SCHEMA_HEAD
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 T = TypeVar("T")
+# Execution option marking a connection whose transactions only read.
+READ_ONLY = "emaild_read_only"
 
 
 class Database:
@@ -33,6 +35,9 @@ class Database:
             url, busy_timeout=busy_timeout, pool_size=pool_size, writers=self.writers
         )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Sessions that only read: on SQLite their BEGIN is deferred (see make_engine),
+        # so they read the WAL snapshot at once instead of queueing behind writers.
+        self._reader = self.engine.execution_options(**{READ_ONLY: True})
 
     @property
     def is_sqlite(self) -> bool:
@@ -46,9 +51,17 @@ class Database:
             upgrade(self.engine)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose database errors surface as ``TransientError``."""
-        with translate_errors(), self.sessions() as session:
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A session whose database errors surface as ``TransientError``.
+
+        ``readonly`` sessions never take SQLite's write lock: use them for
+        lookups that may run while another thread holds it (a reader that
+        waits for the writer while the writer waits for it would deadlock
+        until the busy timeout). Not for writes: one there would have to
+        upgrade its snapshot and could fail as busy.
+        """
+        bind = {"bind": self._reader} if readonly else {}
+        with translate_errors(), self.sessions(**bind) as session:
             yield session
 
     def run(self, work: Callable[[Session], T], *, attempts: int = 1) -> T:
@@ -189,6 +202,9 @@ def make_engine(
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")  # a snapshot read: never waits for a writer
+                return
             if writers is not None and writers.writing_here():
                 # A second transaction in a thread that is already writing (e.g.
                 # an address-book refresh inside the pipeline's transaction) can
