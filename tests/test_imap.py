@@ -428,7 +428,7 @@ def test_idle_watcher_reissues_and_wakes_on_new_mail(dovecot: Dovecot) -> None:
     import time
 
     from emaild.channels.imap import IdleWatcher
-    from emaild.channels.imap_auth import Credentials
+    from emaild.channels.imap.auth import Credentials
 
     user = dovecot.new_user()
     box = box_for(dovecot, user, idle=True, idle_reissue_seconds=1.0)

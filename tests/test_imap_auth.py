@@ -18,7 +18,7 @@ import structlog.testing
 from dovecot import Dovecot, ImapUser
 
 from emaild.channels.imap import ImapUnavailable, connect
-from emaild.channels.imap_auth import Credentials, MailboxProblem, parse_token
+from emaild.channels.imap.auth import Credentials, MailboxProblem, parse_token
 from emaild.config import MailboxConfig
 from emaild.errors import ConfigError
 

@@ -45,7 +45,7 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
     folder is missing.
     """
     from emaild.channels.imap import MailboxRunner, MailboxWorker
-    from emaild.channels.imap_auth import Credentials
+    from emaild.channels.imap.auth import Credentials
 
     box = resolve_mailbox(ctx, mailbox)
     app = ctx.app()
@@ -109,7 +109,7 @@ def diagnose(box: MailboxConfig) -> Diagnosis:
     from imapclient.exceptions import IMAPClientError
 
     from emaild.channels.imap import ImapUnavailable, connect, describe
-    from emaild.channels.imap_auth import Credentials, MailboxProblem
+    from emaild.channels.imap.auth import Credentials, MailboxProblem
 
     report = Diagnosis(box.name, describe(box))
     try:

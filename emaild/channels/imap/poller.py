@@ -54,7 +54,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from emaild.channels.health import ChannelHealth
-from emaild.channels.imap_auth import PASSWORD_ENV, Credentials, MailboxProblem, utcnow
+from emaild.channels.imap.auth import PASSWORD_ENV, Credentials, MailboxProblem, utcnow
 from emaild.classify import LOOP_HEADER, classify
 from emaild.config import MailboxConfig, is_loopback
 from emaild.errors import ConfigError, InputError, TransientError
