@@ -38,7 +38,8 @@ from sqlalchemy import func, select  # noqa: E402
 
 from emaild import logs  # noqa: E402
 from emaild.app import App  # noqa: E402
-from emaild.channels.imap import MailboxPoller, MailboxRunner  # noqa: E402
+from emaild.channels.imap.poller import MailboxPoller  # noqa: E402
+from emaild.channels.imap.runner import MailboxRunner  # noqa: E402
 from emaild.config import MailboxConfig, load_config  # noqa: E402
 from emaild.pipeline import Envelope  # noqa: E402
 from emaild.store.models import Message  # noqa: E402

@@ -138,7 +138,7 @@ class SmtpConfig(Section):
 
 
 class MailboxConfig(Section):
-    """An IMAP mailbox polled for new mail (``[[mailbox]]``); see emaild/channels/imap.py."""
+    """An IMAP mailbox polled for new mail (``[[mailbox]]``); see emaild/channels/imap/."""
 
     name: str
     enabled: bool = True

@@ -32,7 +32,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from emaild.app import App
-from emaild.channels.imap import imap_component
+from emaild.channels.imap.component import imap_component
 from emaild.channels.smtp import SmtpChannel, security_settings
 from emaild.config import load_config
 from emaild.errors import EX_OK, ConfigError, EmaildError

@@ -20,7 +20,9 @@ from dovecot import Dovecot, ImapUser
 from sqlalchemy import func, select
 
 from emaild.app import App
-from emaild.channels.imap import MailboxPoller, MailboxWorker, mailbox_from_url
+from emaild.channels.imap.connection import mailbox_from_url
+from emaild.channels.imap.poller import MailboxPoller
+from emaild.channels.imap.worker import MailboxWorker
 from emaild.config import Config, MailboxConfig
 from emaild.store.models import Case, ImapCursor, Message, OutboxItem, QuarantineEntry
 
@@ -160,7 +162,8 @@ CRASHING_POLLER = textwrap.dedent(
     """
     import os, signal, sys
     from emaild.app import App
-    from emaild.channels.imap import MailboxWorker, mailbox_from_url
+    from emaild.channels.imap.connection import mailbox_from_url
+    from emaild.channels.imap.worker import MailboxWorker
     from emaild.config import load_config
 
     url, step, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -427,8 +430,8 @@ def test_idle_watcher_reissues_and_wakes_on_new_mail(dovecot: Dovecot) -> None:
     import threading
     import time
 
-    from emaild.channels.imap import IdleWatcher
     from emaild.channels.imap.auth import Credentials
+    from emaild.channels.imap.idle import IdleWatcher
 
     user = dovecot.new_user()
     box = box_for(dovecot, user, idle=True, idle_reissue_seconds=1.0)

@@ -17,8 +17,8 @@ import pytest
 import structlog.testing
 from dovecot import Dovecot, ImapUser
 
-from emaild.channels.imap import ImapUnavailable, connect
 from emaild.channels.imap.auth import Credentials, MailboxProblem, parse_token
+from emaild.channels.imap.connection import ImapUnavailable, connect
 from emaild.config import MailboxConfig
 from emaild.errors import ConfigError
 

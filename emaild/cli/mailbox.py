@@ -21,7 +21,7 @@ from emaild.errors import EX_CONFIG, EX_OK, EX_TEMPFAIL, ConfigError
 
 def resolve_mailbox(ctx: Context, name_or_url: str) -> MailboxConfig:
     """A configured mailbox by name, or one described by an ``imap[s]://`` URL."""
-    from emaild.channels.imap import mailbox_from_url
+    from emaild.channels.imap.connection import mailbox_from_url
 
     if "://" in name_or_url:
         return mailbox_from_url(name_or_url, os.environ)
@@ -44,8 +44,9 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
     server or the database is unavailable, 78 when the login is refused or the
     folder is missing.
     """
-    from emaild.channels.imap import MailboxRunner, MailboxWorker
     from emaild.channels.imap.auth import Credentials
+    from emaild.channels.imap.runner import MailboxRunner
+    from emaild.channels.imap.worker import MailboxWorker
 
     box = resolve_mailbox(ctx, mailbox)
     app = ctx.app()
@@ -108,8 +109,8 @@ def diagnose(box: MailboxConfig) -> Diagnosis:
     """Connect, log in, look at each folder; every problem in plain words."""
     from imapclient.exceptions import IMAPClientError
 
-    from emaild.channels.imap import ImapUnavailable, connect, describe
     from emaild.channels.imap.auth import Credentials, MailboxProblem
+    from emaild.channels.imap.connection import ImapUnavailable, connect, describe
 
     report = Diagnosis(box.name, describe(box))
     try:

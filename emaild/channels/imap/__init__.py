@@ -1,25 +1,20 @@
-"""The IMAP channel (being split into modules by responsibility)."""
+"""The IMAP channel: poll support mailboxes and turn their mail into cases.
 
-from emaild.channels.imap.poller import (
-    IdleWatcher,
-    ImapUnavailable,
-    MailboxPoller,
-    MailboxRunner,
-    MailboxWorker,
-    connect,
-    describe,
-    imap_component,
-    mailbox_from_url,
-)
+One module per responsibility:
 
-__all__ = [
-    "IdleWatcher",
-    "ImapUnavailable",
-    "MailboxPoller",
-    "MailboxRunner",
-    "MailboxWorker",
-    "connect",
-    "describe",
-    "imap_component",
-    "mailbox_from_url",
-]
+- ``auth``: credentials (password or OAuth2 token) and ``MailboxProblem``.
+- ``connection``: a mailbox from an ``imap://`` URL, connecting and logging in,
+  ``describe`` and the wording of connection errors (``ImapUnavailable``).
+- ``poller``: one pass over a mailbox (``MailboxPoller``, ``PollSummary``): the
+  ``(UIDVALIDITY, UID)`` cursor, batches, storing, after-store actions.
+- ``notices``: the "too large" notice sent to a sender.
+- ``worker``: ``MailboxWorker`` serialises the polls of one mailbox, backs off
+  after failures and keeps its health for ``emaild status``.
+- ``idle``: ``IdleWatcher`` keeps a second connection in IDLE and wakes the
+  worker when mail arrives.
+- ``runner``: ``MailboxRunner``, the foreground ``emaild poll``.
+- ``component``: ``ImapComponent`` wires workers and watchers into the daemon.
+
+Everything here blocks (imapclient is synchronous): the daemon runs polls in
+threads of their own, never on the event loop.
+"""
