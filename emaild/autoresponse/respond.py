@@ -82,7 +82,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         # The case's tag in the subject (threading's format; replaces other cases' tags).
         rendered = replace(rendered, subject=signer.mark_subject(rendered.subject, case.id))
     message_id = signer.message_id(case.id)
-    message = compose(
+    raw = compose(
         rendered,
         from_name=ctx.routing.name,
         from_address=ctx.routing.address,
@@ -98,7 +98,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
     )
     item = enqueue(
         ctx.session,
-        message,
+        raw,
         # Bounces of the response come back to the support address, where they
         # are classified as bounces and mark the recipient undeliverable.
         mail_from=ctx.routing.address,
