@@ -46,7 +46,8 @@ _BOUNCE_SUBJECT = re.compile(
     r"returned mail|mail delivery (failed|system)|failure notice|non[- ]?delivery|"
     r"delivery failure|could not be delivered|message not delivered|nondeliverable|"
     r"warning: message .* delayed|delayed mail|delivery delay|rejected:|"
-    r"unzustellbar|non remis|mail system error|permanent error)",
+    r"unzustellbar|non remis|mail system error|permanent error|"
+    r"error sending your (mail|message))",
     re.I,
 )
 _AUTOREPLY_SUBJECT = re.compile(
@@ -147,7 +148,7 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
 
     ctype = parsed.content_type.lower()
     report_type = _param(h("content-type") or "", "report-type").lower()
-    types = {a.content_type for a in parsed.attachments}
+    types = {a.content_type for a in parsed.attachments} | set(parsed.part_types)
     if (
         (ctype == "multipart/report" and report_type == "delivery-status")
         or "message/delivery-status" in types
@@ -180,6 +181,9 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
             h("x-failed-recipients") is not None
         ):
             flags["bounce"] = "mailer-daemon sender or X-Failed-Recipients"
+        elif "message/rfc822" in types and _machine_sender(parsed, mail_from):
+            # Non-standard bounces (KDDI, X6, ...) return the original as an attachment.
+            flags["bounce"] = "machine sender returned an original message"
 
     if _AUTOREPLY_SUBJECT.search(subject) or h("x-vacation") is not None:
         flags["vacation"] = f"auto-reply subject: {subject[:60]!r}"
@@ -215,6 +219,16 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
         flags["reply"] = "reply prefix in subject"
 
     return Classification(**flags, reasons=tuple(f"{k}: {v}" for k, v in flags.items()))
+
+
+def _machine_sender(parsed: ParsedMessage, mail_from: str | None) -> bool:
+    """Null return path, or a From naming a daemon or no-reply mailbox (even without a domain)."""
+    if mail_from == "" or (parsed.header("return-path") or "").strip() == "<>":
+        return True
+    raw_from = (parsed.header("from") or "").strip().lower()
+    if "@" not in raw_from and _NO_REPLY_LOCAL.match(raw_from):
+        return True
+    return bool(parsed.from_addr) and is_no_reply_address(parsed.from_addr)
 
 
 def is_no_reply_address(address: str) -> bool:

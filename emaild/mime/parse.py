@@ -70,6 +70,8 @@ class ParsedMessage:
     defects: list[str] = field(default_factory=list)
     content_type: str = "text/plain"
     charsets: list[str] = field(default_factory=list)
+    # Content types of every MIME part, attachments or not (message/rfc822 inside a bounce).
+    part_types: list[str] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded."""
@@ -139,6 +141,7 @@ def parse_message(
     parsed.text = _no_nul("\n".join(mail.text_plain))
     parsed.html = _no_nul("\n".join(mail.text_html))
     parsed.content_type = message.get_content_type()
+    parsed.part_types = sorted({part.get_content_type() for part in message.walk()})
     parsed.charsets = sorted({c for c in message.get_charsets() if c})
     parsed.defects = _defects(mail)
     parsed.attachments = [_attachment(a, spooled, sink) for a in mail.attachments]
