@@ -67,9 +67,15 @@ def _is_quote(line: str) -> bool:
 
 def _attribution_at(lines: list[str], i: int) -> int:
     """How many lines (1 or 2) form an attribution starting at ``i``; 0 if none."""
-    if _ATTRIBUTION.match(lines[i]):
+    # Every attribution ends in ":" (then only spaces): most lines are ruled
+    # out without running the expensive pattern.
+    if lines[i].rstrip().endswith(":") and _ATTRIBUTION.match(lines[i]):
         return 1
-    if i + 1 < len(lines) and _ATTRIBUTION.match(lines[i] + " " + lines[i + 1].strip()):
+    if (
+        i + 1 < len(lines)
+        and lines[i + 1].rstrip().endswith(":")
+        and _ATTRIBUTION.match(lines[i] + " " + lines[i + 1].strip())
+    ):
         return 2
     return 0
 
