@@ -442,12 +442,20 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
                     key="address",
                 )
             seen[addr] = routing.address
-    smtp = config.smtp
+    # Every file a section names is relative to the config file, like the directories.
+    smtp = config.smtp.model_copy(
+        update={k: rel(getattr(config.smtp, k)) for k in ("tls_cert", "tls_key", "auth_file")}
+    )
     if env.get("EMAILD_SMTP_LISTEN"):
         smtp = smtp.model_copy(update={"listen": [env["EMAILD_SMTP_LISTEN"]]})
     if env.get("EMAILD_LMTP_LISTEN"):
         smtp = smtp.model_copy(update={"lmtp_listen": [env["EMAILD_LMTP_LISTEN"]]})
-    relay = config.relay
+    relay = config.relay.model_copy(
+        update={k: rel(getattr(config.relay, k)) for k in ("password_file", "ca_file")}
+    )
+    threading = config.threading.model_copy(
+        update={"secret_file": rel(config.threading.secret_file)}
+    )
     if env.get("EMAILD_SMTP_RELAY"):
         host, _, port = env["EMAILD_SMTP_RELAY"].rpartition(":")
         if not host or not port.isdigit():
@@ -463,6 +471,7 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "address": addresses,
             "smtp": smtp,
             "relay": relay,
+            "threading": threading,
             "source": str(path) if path else "",
             "default_address_only": not config.address,
         }

@@ -180,6 +180,9 @@ def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str
     """Environment for running ``emaild`` as a subprocess on this test's storage."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}
     env.update({"EMAILD_STATE_DIR": str(state_dir), "HOME": str(tmp_path)})
+    # No test may reach a real MTA on port 25: outgoing mail goes to a closed port
+    # unless the test points EMAILD_SMTP_RELAY at its own sink.
+    env["EMAILD_SMTP_RELAY"] = "127.0.0.1:9"
     if not database_url.startswith("sqlite"):  # SQLite: the default in the state dir
         env["EMAILD_DATABASE_URL"] = database_url
     return env

@@ -150,3 +150,19 @@ def test_shipped_config_documents_every_key_and_loads(tmp_path: Path) -> None:
         # A comment explains it: on the line itself, or in the lines just above.
         context = [lines[i], *lines[max(0, i - 6) : i]]
         assert any("#" in line for line in context), f"{dotted} has no comment"
+
+
+def test_file_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    path = conf_dir / "emaild.toml"
+    path.write_text(
+        "[smtp]\ntls_cert = 'tls/cert.pem'\ntls_key = '/abs/key.pem'\nauth_file = 'users'\n"
+        "[relay]\npassword_file = 'relay.pw'\n[threading]\nsecret_file = 'secret'\n"
+    )
+    config = load_config(path, {"HOME": str(tmp_path)})
+    assert config.smtp.tls_cert == str(conf_dir / "tls" / "cert.pem")
+    assert config.smtp.tls_key == "/abs/key.pem"
+    assert config.smtp.auth_file == str(conf_dir / "users")
+    assert config.relay.password_file == str(conf_dir / "relay.pw")
+    assert config.threading.secret_file == str(conf_dir / "secret")
