@@ -8,17 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emaild.errors import InputError, TransientError
-from emaild.pipeline import Envelope, Outcome, Pipeline
+from emaild.pipeline import Envelope, Pipeline
+from emaild.pipeline.context import OutcomeTally
 
 
 @dataclass
-class ImportSummary:
-    cases: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    held: int = 0
-    dropped: int = 0
+class ImportSummary(OutcomeTally):
+    """What ``emaild import`` did; ``as_json`` is what ``--json`` prints."""
+
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -30,21 +27,10 @@ class ImportSummary:
             "quarantined": self.quarantined,
             "held": self.held,
             "dropped": self.dropped,
+            "rejected": self.rejected,
             "failed": self.failed,
             "errors": self.errors[:100],
         }
-
-    def count(self, outcome: Outcome) -> None:
-        attr = {
-            Outcome.NEW_CASE: "cases",
-            Outcome.APPENDED: "appended",
-            Outcome.DUPLICATE: "duplicates",
-            Outcome.QUARANTINED: "quarantined",
-            Outcome.HELD: "held",
-            Outcome.DROPPED: "dropped",
-            Outcome.REJECTED: "dropped",
-        }[outcome]
-        setattr(self, attr, getattr(self, attr) + 1)
 
 
 def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:

@@ -39,18 +39,8 @@ def _register() -> None:
         status,
     )
 
-    for module in (
-        address,
-        cases,
-        check,
-        ingest,
-        mailbox,
-        outbox,
-        quarantine,
-        rules,
-        run,
-        status,
-    ):
+    modules = (address, cases, check, ingest, mailbox, outbox, quarantine, rules, run, status)
+    for module in modules:
         module.register(cli)
 
 

@@ -147,3 +147,32 @@ class IngestResult:
     @property
     def stored(self) -> bool:
         return self.outcome is not Outcome.REJECTED
+
+
+@dataclass
+class OutcomeTally:
+    """How many messages ended in each outcome: the base of import and poll summaries."""
+
+    cases: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    held: int = 0
+    dropped: int = 0
+    rejected: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        """Count one outcome."""
+        name = _TALLY_FIELD[outcome]
+        setattr(self, name, getattr(self, name) + 1)
+
+
+_TALLY_FIELD = {
+    Outcome.NEW_CASE: "cases",
+    Outcome.APPENDED: "appended",
+    Outcome.DUPLICATE: "duplicates",
+    Outcome.QUARANTINED: "quarantined",
+    Outcome.HELD: "held",
+    Outcome.DROPPED: "dropped",
+    Outcome.REJECTED: "rejected",
+}

@@ -50,6 +50,7 @@ from emaild.errors import InputError, TransientError
 from emaild.mime.parse import ParsedMessage, parse_message
 from emaild.outbox.queue import enqueue, is_suppressed
 from emaild.pipeline import Envelope, IngestResult, Outcome
+from emaild.pipeline.context import OutcomeTally
 from emaild.store.models import ImapCursor, QuarantineEntry
 
 if TYPE_CHECKING:
@@ -63,33 +64,13 @@ HEADER_KEEP_BYTES = 16384
 
 
 @dataclass
-class PollSummary:
+class PollSummary(OutcomeTally):
     """What one or more passes did; ``as_json`` is what ``emaild poll --json`` prints."""
 
     fetched: int = 0
-    cases: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
     too_large: int = 0
-    held: int = 0
-    dropped: int = 0
-    rejected: int = 0
     after_store_failed: int = 0
     uidvalidity_resets: int = 0
-
-    def count(self, outcome: Outcome) -> None:
-        """Count one stored outcome."""
-        name = {
-            Outcome.NEW_CASE: "cases",
-            Outcome.APPENDED: "appended",
-            Outcome.DUPLICATE: "duplicates",
-            Outcome.QUARANTINED: "quarantined",
-            Outcome.HELD: "held",
-            Outcome.DROPPED: "dropped",
-            Outcome.REJECTED: "rejected",
-        }[outcome]
-        setattr(self, name, getattr(self, name) + 1)
 
     def merge(self, other: PollSummary) -> None:
         """Add ``other``'s counts to these."""
