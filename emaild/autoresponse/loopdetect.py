@@ -15,7 +15,7 @@ import hashlib
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from emaild.store.models import Case, Message
 
@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from emaild.pipeline.context import IngestContext
 
 BODY_CHARS = 8192
+
+
+# Asked for every message: built once (building a statement costs more than running it).
+_COUNT = select(func.count(Message.id)).where(
+    Message.fingerprint == bindparam("fp"),
+    Message.direction == "in",
+    Message.received_at >= bindparam("since"),
+)
 
 
 def fingerprint(parsed: ParsedMessage) -> str:
@@ -47,10 +55,10 @@ def detect_loop(ctx: IngestContext) -> None:
         return  # held, dropped or kept off new cases by a rule: it opens no case anyway
     settings = ctx.config.autoresponse
     since = ctx.now - timedelta(minutes=settings.loop_window_minutes)
-    recent = (Message.fingerprint == fp, Message.direction == "in", Message.received_at >= since)
-    seen = int(ctx.session.scalar(select(func.count(Message.id)).where(*recent)) or 0)
+    seen = int(ctx.session.connection().execute(_COUNT, {"fp": fp, "since": since}).scalar() or 0)
     if seen + 1 < settings.loop_threshold:
         return
+    recent = (Message.fingerprint == fp, Message.direction == "in", Message.received_at >= since)
     newest = ctx.session.scalars(
         select(Message.case_id)
         .where(*recent, Message.case_id.is_not(None))

@@ -29,7 +29,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from emaild.autoresponse.compose import Reply, compose, usable_address
 from emaild.autoresponse.templates import TemplateSet, merge_fields
@@ -39,6 +39,7 @@ from emaild.errors import ConfigError
 from emaild.outbox.queue import enqueue, is_suppressed
 from emaild.pipeline.context import Outcome
 from emaild.store.models import OutboxItem
+from emaild.store.rows import update_row
 
 if TYPE_CHECKING:
     from emaild.pipeline.context import IngestContext
@@ -48,6 +49,14 @@ log = structlog.get_logger("emaild.autoresponse")
 STAGE = "autorespond"
 KIND = "autoresponse"
 MAX_QUOTED_CHARS = 20000
+
+
+# Asked for every new case: built once (building a statement costs more than running it).
+_SENT_RECENTLY = select(func.count(OutboxItem.id)).where(
+    OutboxItem.rcpt_to == bindparam("rcpt"),
+    OutboxItem.kind == KIND,
+    OutboxItem.created_at >= bindparam("since"),
+)
 
 
 def autorespond(ctx: IngestContext) -> OutboxItem | None:
@@ -108,7 +117,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         case_id=case.id,
         in_reply_to_row=ctx.message.id,
     )
-    case.auto_responses = (case.auto_responses or 0) + 1
+    update_row(ctx.session, case, auto_responses=(case.auto_responses or 0) + 1)
     ctx.decide(
         STAGE,
         "auto-response queued",
@@ -162,16 +171,8 @@ def refusal(ctx: IngestContext) -> str:
         return "this case already got its auto-response"
     limit, window = settings.per_recipient_limit, settings.per_recipient_window_minutes
     since = ctx.now - timedelta(minutes=window)
-    sent = int(
-        ctx.session.scalar(
-            select(func.count(OutboxItem.id)).where(
-                OutboxItem.rcpt_to == recipient,
-                OutboxItem.kind == KIND,
-                OutboxItem.created_at >= since,
-            )
-        )
-        or 0
-    )
+    params = {"rcpt": recipient, "since": since}
+    sent = int(ctx.session.connection().execute(_SENT_RECENTLY, params).scalar() or 0)
     if sent >= limit:
         return f"rate limit: {sent} auto-responses to {recipient} in the last {window} min"
     return ""

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from emaild.store.models import OutboxItem, SuppressedRecipient
+from emaild.store.rows import insert_row
 
 QUEUED = "queued"
 SENT = "sent"
@@ -58,24 +59,26 @@ def enqueue(
         message_id = _header_value(raw, b"message-id")
     if not rcpt_to or "\r" in rcpt_to or "\n" in rcpt_to:
         raise ValueError(f"bad recipient: {rcpt_to!r}")
-    item = OutboxItem(
-        created_at=now,
-        kind=kind,
-        case_id=case_id,
-        in_reply_to_row=in_reply_to_row,
-        mail_from=mail_from,
-        rcpt_to=rcpt_to.strip().lower(),
-        message_id=message_id,
-        raw=raw,
-        status=QUEUED,
-        attempts=0,
-        next_attempt_at=now,
-        last_error="",
-        claimed_by="",
+    # One INSERT, no unit of work: the auto-responder queues one per new case.
+    return insert_row(
+        session,
+        OutboxItem,
+        {
+            "created_at": now,
+            "kind": kind,
+            "case_id": case_id,
+            "in_reply_to_row": in_reply_to_row,
+            "mail_from": mail_from,
+            "rcpt_to": rcpt_to.strip().lower(),
+            "message_id": message_id,
+            "raw": raw,
+            "status": QUEUED,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "last_error": "",
+            "claimed_by": "",
+        },
     )
-    session.add(item)
-    session.flush()
-    return item
 
 
 def _header_value(raw: bytes, name: bytes) -> str:
@@ -228,8 +231,14 @@ def suppress(session: Session, address: str, reason: str, now: datetime) -> None
 
 def is_suppressed(session: Session, address: str) -> str:
     """The reason ``address`` is suppressed, or "" if it is not."""
-    row = session.get(SuppressedRecipient, address.strip().lower())
-    return row.reason or "suppressed" if row is not None else ""
+    # Asked for every auto-response: one prepared statement, no ORM object.
+    row = session.connection().execute(_SUPPRESSED, {"address": address.strip().lower()}).first()
+    return str(row[0] or "suppressed") if row is not None else ""
+
+
+_SUPPRESSED = select(SuppressedRecipient.reason).where(
+    SuppressedRecipient.address == bindparam("address")
+)
 
 
 def requeue(session: Session, item_ids: list[int] | None, now: datetime) -> list[int]:

@@ -29,6 +29,7 @@ from emaild.pipeline.stages import STAGES, Stage
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database, translate_errors
 from emaild.store.models import QuarantineEntry
+from emaild.store.rows import update_row
 
 log = structlog.get_logger("emaild.pipeline")
 
@@ -146,7 +147,7 @@ class Pipeline:
                 for hook in ctx.before_commit:
                     _guarded("before_commit", hook, ctx)
                 if ctx.message is not None and not ctx.extra.get("duplicate"):
-                    ctx.message.decision_trace = ctx.trace_json()
+                    update_row(session, ctx.message, decision_trace=ctx.trace_json())
                 if also is not None:
                     with translate_errors():
                         also(session)

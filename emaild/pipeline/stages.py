@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy import select
-
 from emaild.autoresponse.bounces import record_bounce
 from emaild.autoresponse.loopdetect import detect_loop
 from emaild.autoresponse.loopdetect import fingerprint as message_fingerprint
@@ -25,7 +23,8 @@ from emaild.correlation.tokens import load_signer
 from emaild.mime.parse import parse_message
 from emaild.pipeline.context import CaseFields, IngestContext, Outcome
 from emaild.rules.apply import apply_accept_from, apply_rules
-from emaild.store.models import Attachment, Case, CaseParticipant, Message
+from emaild.store.models import Case, Message
+from emaild.store.rows import add_participants, insert_attachments, insert_row, stored_with_key
 from emaild.verification import screen as verification
 
 
@@ -164,7 +163,11 @@ class DeduplicateStage:
     def __call__(self, ctx: IngestContext) -> None:
         assert ctx.parsed is not None and ctx.session is not None
         key = ctx.parsed.dedup_key
-        existing = ctx.session.scalars(select(Message).where(Message.dedup_key == key)).first()
+        if verification.STORED_ROW in ctx.extra:  # verify looked it up already
+            stored = ctx.extra[verification.STORED_ROW]
+        else:
+            stored = stored_with_key(ctx.session, key)
+        existing = ctx.session.get(Message, stored[0]) if stored is not None else None
         if existing is None:
             return
         ctx.message = existing
@@ -233,41 +236,38 @@ class PersistStage:
             self._quarantine(ctx)
             return
         if ctx.disposition in (Outcome.DROPPED, Outcome.HELD):
-            ctx.message = self._message(ctx, state=ctx.disposition.value)
-            session.add(ctx.message)
-            session.flush()
+            ctx.message = self._message(ctx, state=ctx.disposition.value, case_id=None)
             ctx.decide(self.name, ctx.disposition.value, reason=ctx.disposition_reason)
             ctx.stop(ctx.disposition)
             return
         if ctx.case is None:
             customer = p.reply_to or p.from_
-            ctx.case = Case(
-                subject=str(ctx.extra.get("display_subject") or p.subject),
-                status="new",
-                priority=ctx.fields.priority,
-                origin=ctx.fields.origin,
-                owner=ctx.fields.owner,
-                category=ctx.fields.category,
-                tags=list(ctx.fields.tags),
-                routing_address=ctx.routing.address,
-                customer=p.from_addr,
-                customer_name=customer.name if customer else "",
-                linked_case_id=ctx.linked_case_id,
-                mentioned_number=ctx.mentioned_number,
-                created_at=now,
-                updated_at=now,
+            ctx.case = insert_row(
+                session,
+                Case,
+                {
+                    "subject": str(ctx.extra.get("display_subject") or p.subject),
+                    "status": "new",
+                    "priority": ctx.fields.priority,
+                    "origin": ctx.fields.origin,
+                    "owner": ctx.fields.owner,
+                    "category": ctx.fields.category,
+                    "tags": list(ctx.fields.tags),
+                    "routing_address": ctx.routing.address,
+                    "customer": p.from_addr,
+                    "customer_name": customer.name if customer else "",
+                    "linked_case_id": ctx.linked_case_id,
+                    "mentioned_number": ctx.mentioned_number,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
-            session.add(ctx.case)
-            session.flush()
             ctx.outcome = Outcome.NEW_CASE
         else:
             ctx.case.updated_at = now
             ctx.outcome = Outcome.APPENDED
-        self._participants(ctx)
-        ctx.message = self._message(ctx, state="stored")
-        ctx.message.case_id = ctx.case.id
-        session.add(ctx.message)
-        session.flush()
+        self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
+        ctx.message = self._message(ctx, state="stored", case_id=ctx.case.id)
         ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
 
     def _quarantine(self, ctx: IngestContext) -> None:
@@ -288,57 +288,67 @@ class PersistStage:
         ctx.stop(Outcome.QUARANTINED)
 
     @staticmethod
-    def _message(ctx: IngestContext, *, state: str) -> Message:
+    def _message(ctx: IngestContext, *, state: str, case_id: int | None) -> Message:
+        """Insert the message row and its attachments' rows."""
         p = ctx.parsed
-        assert p is not None and ctx.routing is not None
+        assert p is not None and ctx.routing is not None and ctx.session is not None
         cls = ctx.classification
         fingerprint = str(ctx.extra.get("fingerprint") or message_fingerprint(p))
-        message = Message(
-            direction="in",
-            state=state,
-            dedup_key=p.dedup_key,
-            message_id=p.message_id,
-            in_reply_to=p.in_reply_to,
-            references=p.references,
-            thread_index=p.thread_index,
-            from_addr=p.from_addr,
-            from_name=p.from_.name if p.from_ else "",
-            reply_to=p.reply_to.addr if p.reply_to else "",
-            to=[str(a) for a in p.to],
-            cc=[str(a) for a in p.cc],
-            subject=p.subject,
-            text=p.text,
-            html=p.html,
-            new_text=str(ctx.extra.get("new_text", p.text)),
-            headers=[list(h) for h in p.headers] if ctx.routing.save_headers else [],
-            raw_sha256=ctx.raw_sha256,
-            raw_size=len(ctx.raw),
-            channel=ctx.envelope.channel,
-            envelope_from=ctx.envelope.mail_from,
-            envelope_to=list(ctx.envelope.rcpt_to),
-            routing_address=ctx.routing.address,
-            is_auto=bool(cls and cls.is_auto),
-            is_bounce=bool(cls and cls.is_bounce),
-            fingerprint=fingerprint,
-            defects=p.defects,
-            date=p.date,
-            received_at=ctx.now,
+        message = insert_row(
+            ctx.session,
+            Message,
+            {
+                "case_id": case_id,
+                "direction": "in",
+                "state": state,
+                "dedup_key": p.dedup_key,
+                "message_id": p.message_id,
+                "in_reply_to": p.in_reply_to,
+                "references": p.references,
+                "thread_index": p.thread_index,
+                "from_addr": p.from_addr,
+                "from_name": p.from_.name if p.from_ else "",
+                "reply_to": p.reply_to.addr if p.reply_to else "",
+                "to": [str(a) for a in p.to],
+                "cc": [str(a) for a in p.cc],
+                "subject": p.subject,
+                "text": p.text,
+                "html": p.html,
+                "new_text": str(ctx.extra.get("new_text", p.text)),
+                "headers": [list(h) for h in p.headers] if ctx.routing.save_headers else [],
+                "raw_sha256": ctx.raw_sha256,
+                "raw_size": len(ctx.raw),
+                "channel": ctx.envelope.channel,
+                "envelope_from": ctx.envelope.mail_from,
+                "envelope_to": list(ctx.envelope.rcpt_to),
+                "routing_address": ctx.routing.address,
+                "is_auto": bool(cls and cls.is_auto),
+                "is_bounce": bool(cls and cls.is_bounce),
+                "fingerprint": fingerprint,
+                "defects": p.defects,
+                "date": p.date,
+                "received_at": ctx.now,
+            },
         )
-        message.attachments = [
-            Attachment(
-                filename=a.filename,
-                content_type=a.content_type,
-                content_id=a.content_id,
-                disposition=a.disposition,
-                size=a.size,
-                sha256=a.sha256,
-            )
-            for a in p.attachments
-        ]
+        insert_attachments(
+            ctx.session,
+            message.id,
+            (
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "content_id": a.content_id,
+                    "disposition": a.disposition,
+                    "size": a.size,
+                    "sha256": a.sha256,
+                }
+                for a in p.attachments
+            ),
+        )
         return message
 
     @staticmethod
-    def _participants(ctx: IngestContext) -> None:
+    def _participants(ctx: IngestContext, *, new: bool) -> None:
         assert ctx.case is not None and ctx.session is not None and ctx.parsed is not None
         own = ctx.pipeline.addresses.own_addresses()
         wanted: dict[str, str] = {}
@@ -347,18 +357,7 @@ class PersistStage:
         for other in ctx.parsed.cc + ctx.parsed.to:
             wanted.setdefault(other.addr, "cc")
         wanted = {a: r for a, r in wanted.items() if a not in own}
-        if not wanted:
-            return
-        existing = set()
-        if ctx.case.id is not None:
-            existing = set(
-                ctx.session.scalars(
-                    select(CaseParticipant.address).where(CaseParticipant.case_id == ctx.case.id)
-                )
-            )
-        for addr, role in wanted.items():
-            if addr not in existing:
-                ctx.session.add(CaseParticipant(case_id=ctx.case.id, address=addr, role=role))
+        add_participants(ctx.session, ctx.case.id, wanted, new=new)
 
 
 class AutoRespondStage:

@@ -23,11 +23,12 @@ from __future__ import annotations
 from functools import partial
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from emaild.mime.parse import ParsedMessage
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.store.models import Message, QuarantineEntry, VerificationToken
+from emaild.store.rows import stored_with_key
 from emaild.verification.state import mark_verified, verified_in_session
 from emaild.verification.tokens import (
     FORWARDING,
@@ -41,6 +42,11 @@ from emaild.verification.tokens import (
 log = structlog.get_logger("emaild.verification")
 
 VERIFY_HEADER = "X-Emaild-Verify"
+# Every token starts with this (tokens.TOKEN_PATTERN, matched ignoring case).
+TOKEN_MARK = "emaild-"
+# ctx.extra key: ``(id, state)`` of the row stored under the message's dedup key
+# (None: no row), looked up by this stage for the deduplicate stage.
+STORED_ROW = "stored_row"
 TEST_HEADER = "X-Emaild-Test"
 # A hostile message could carry thousands of token-shaped strings; look at a few.
 MAX_TOKENS = 5
@@ -64,9 +70,12 @@ def token_sources(parsed: ParsedMessage) -> list[str]:
 def screen(ctx: IngestContext, stage: str) -> None:
     """Record control mail, hold mail for unverified addresses, release held copies."""
     assert ctx.parsed is not None and ctx.session is not None and ctx.routing is not None
-    tokens = find_tokens(token_sources(ctx.parsed))
-    if tokens and _control_message(ctx, stage, tokens[:MAX_TOKENS]):
-        return
+    sources = token_sources(ctx.parsed)
+    # Nearly all mail carries no token: a substring test rules it out cheaply.
+    if any(_may_carry_token(text) for text in sources if text):
+        tokens = find_tokens(sources)
+        if tokens and _control_message(ctx, stage, tokens[:MAX_TOKENS]):
+            return
     address = ctx.routing.address
     if verified_in_session(ctx.session, ctx.pipeline.addresses, address):
         _release_held_copy(ctx, stage)
@@ -78,6 +87,13 @@ def screen(ctx: IngestContext, stage: str) -> None:
         ctx.decide(stage, "held", address=address, reason="address not verified")
     else:
         ctx.decide(stage, "not held", address=address, reason="hold_unverified is false")
+
+
+def _may_carry_token(text: str) -> bool:
+    """False only if ``TOKEN_PATTERN`` cannot match ``text`` (a cheap test first)."""
+    low = text.lower()
+    # re's IGNORECASE also takes dotless "ı" and "İ" (lower: "i" + U+0307) for "i".
+    return TOKEN_MARK in low or "\u0131" in low or "\u0307" in low
 
 
 # --- 1. control messages --------------------------------------------------------------
@@ -141,11 +157,15 @@ def _release_after_verification(ctx: IngestContext, *, address: str) -> None:
 def _release_held_copy(ctx: IngestContext, stage: str) -> None:
     assert ctx.parsed is not None and ctx.session is not None
     key = ctx.parsed.dedup_key
-    held = ctx.session.scalars(
-        select(Message).where(Message.dedup_key == key, Message.state == "held")
-    ).first()
+    stored = stored_with_key(ctx.session, key)
+    # The deduplicate stage needs the same lookup: it reads this one.
+    ctx.extra[STORED_ROW] = stored
+    if stored is None or stored[1] != "held":
+        return
+    held = ctx.session.get(Message, stored[0])
     if held is None:
         return
+    ctx.extra[STORED_ROW] = None  # the key is freed for this message below
     # Free the dedup key for the message as processed now; the held row is
     # deleted at commit time once its successor exists (same transaction).
     held.dedup_key = f"releasing:{held.id}"
