@@ -42,8 +42,12 @@ def get_entry(pipeline: Pipeline, entry_id: int) -> QuarantineEntry | None:
         return session.get(QuarantineEntry, entry_id)
 
 
-def retry(pipeline: Pipeline, entry_id: int) -> IngestResult:
-    """Run a held message through the pipeline again (after a fix)."""
+def retry(pipeline: Pipeline, entry_id: int, *, release: bool = False) -> IngestResult:
+    """Run a held message through the pipeline again (after a fix).
+
+    With ``release`` the operator overrides a policy quarantine (a rule's or
+    accept-from's): the message goes through every stage except that quarantine.
+    """
     entry = get_entry(pipeline, entry_id)
     if entry is None:
         raise InputError(f"no quarantine entry {entry_id}")
@@ -54,8 +58,11 @@ def retry(pipeline: Pipeline, entry_id: int) -> IngestResult:
             f"quarantine entry {entry_id} has no stored raw message (it was too large to fetch)"
         )
     raw = pipeline.blobs.read(entry.raw_sha256)
+    # Not a live SMTP session any more: a policy "reject" now keeps the raw mail
+    # (state dropped) instead of refusing it, so nothing held is ever lost.
     envelope = Envelope(
-        channel=entry.channel or "quarantine",
+        channel="quarantine",
+        release=release,
         mail_from=entry.envelope_from,
         rcpt_to=tuple(entry.envelope_to or ()),
         routing_hint=(entry.envelope_to or [""])[0],
@@ -63,11 +70,11 @@ def retry(pipeline: Pipeline, entry_id: int) -> IngestResult:
     result = pipeline.ingest(raw, envelope)
     if result.outcome is not Outcome.QUARANTINED or result.quarantine_id != entry_id:
 
-        def release(session: Any) -> None:
+        def mark_released(session: Any) -> None:
             row = session.get(QuarantineEntry, entry_id)
             row.status = "released"
             row.message_row_id = result.message_row_id
             row.last_attempt_at = pipeline.clock()
 
-        pipeline.db.run(release)
+        pipeline.db.run(mark_released)
     return result

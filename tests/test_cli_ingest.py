@@ -187,3 +187,21 @@ def test_quarantine_cli_list_show_retry(run_cli: Any, corpus: Path) -> None:
     assert retry.returncode == 65
     (entry,) = json.loads(run_cli("quarantine", "list", "--json").stdout)
     assert entry["attempts"] == 2
+
+
+def test_policy_quarantine_is_released_by_an_operator(run_cli: Any) -> None:
+    spam = MESSAGE.replace(b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nX-Spam-Flag: YES\r\n")
+    assert run_cli("ingest", input=spam).returncode == 0
+    (entry,) = json.loads(run_cli("quarantine", "list", "--json").stdout)
+    assert entry["reason"] == "rule"
+    # Retrying applies the same rule again: still held.
+    assert run_cli("quarantine", "retry", str(entry["id"])).returncode == 65
+    assert json.loads(run_cli("cases", "list", "--json").stdout) == []
+    # Releasing overrides the rule, once, and says so in the trace.
+    released = run_cli("quarantine", "retry", "--release", str(entry["id"]))
+    assert released.returncode == 0, released.stderr
+    (case,) = json.loads(run_cli("cases", "list", "--json").stdout)
+    shown = json.loads(run_cli("cases", "show", str(case["number"]), "--json").stdout)
+    decisions = [d["decision"] for d in shown["messages"][0]["decision_trace"]]
+    assert "released by operator" in decisions
+    assert json.loads(run_cli("quarantine", "list", "--json").stdout) == []

@@ -80,9 +80,18 @@ def show_cmd(ctx: Context, entry_id: int, raw: bool, as_json: bool) -> None:
 @quarantine_group.command("retry")
 @click.argument("entry_ids", type=int, nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every held entry.")
+@click.option(
+    "--release",
+    is_flag=True,
+    help="Override a rule's or accept-from's quarantine: let the message through.",
+)
 @pass_ctx
-def retry_cmd(ctx: Context, entry_ids: tuple[int, ...], retry_all: bool) -> None:
-    """Run held messages through the pipeline again (after fixing the cause)."""
+def retry_cmd(ctx: Context, entry_ids: tuple[int, ...], retry_all: bool, release: bool) -> None:
+    """Run held messages through the pipeline again (after fixing the cause).
+
+    A message a rule or accept-from quarantined is quarantined again by the same
+    policy; --release lets it through (recorded in its decision trace).
+    """
     from emaild.quarantine import list_entries, retry
 
     app = ctx.app()
@@ -95,7 +104,7 @@ def retry_cmd(ctx: Context, entry_ids: tuple[int, ...], retry_all: bool) -> None
     failed = 0
     for entry_id in ids:
         try:
-            result = retry(app.pipeline, entry_id)
+            result = retry(app.pipeline, entry_id, release=release)
         except InputError as exc:
             click.echo(f"emaild: {exc}", err=True)
             failed += 1

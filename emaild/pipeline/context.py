@@ -29,6 +29,9 @@ class Envelope:
     peer: str = ""
     # The routing address chosen by the channel (``--to``, a mailbox's address).
     routing_hint: str = ""
+    # An operator released this message from a policy quarantine (rule or
+    # accept-from): those quarantines no longer apply; everything else does.
+    release: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class Envelope:
             "rcpt_to": list(self.rcpt_to),
             "peer": self.peer,
             "routing_hint": self.routing_hint,
+            "release": self.release,
         }
 
 

@@ -38,6 +38,9 @@ def apply_accept_from(ctx: IngestContext, stage: str) -> None:
             ctx.decide(stage, "sender accepted", sender=sender, accept_from=ctx.routing.accept_from)
         return
     action = ctx.routing.reject_action
+    if action == "quarantine" and ctx.envelope.release:
+        ctx.decide(stage, "released by operator", reason=refusal, action=action, sender=sender)
+        return
     ctx.disposition_reason = refusal
     ctx.extra["disposition_stage"] = stage
     if action == "reject" and ctx.envelope.channel in LIVE_CHANNELS:
@@ -113,7 +116,14 @@ def apply_rules(ctx: IngestContext, rules: RuleSet | None, stage: str) -> RulesO
         for name in ctx.fields.as_json()
     }
     ctx.decide(stage, "case fields", **ctx.fields.as_json(), set_by=set_by)
-    if outcome.disposition:
+    if outcome.disposition == "quarantine" and ctx.envelope.release:
+        ctx.decide(
+            stage,
+            "released by operator",
+            rule=outcome.disposition_rule,
+            reason=outcome.disposition_reason,
+        )
+    elif outcome.disposition:
         ctx.disposition = _DISPOSITIONS[outcome.disposition]
         ctx.disposition_reason = f"rule {outcome.disposition_rule}: {outcome.disposition_reason}"
         ctx.extra["disposition_stage"] = stage
