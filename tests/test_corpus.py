@@ -25,6 +25,7 @@ def test_corpus_has_the_documented_size(corpus: Path) -> None:
 
 def test_whole_corpus_ingests_without_a_traceback(app: App, corpus: Path) -> None:
     outcomes: Counter[str] = Counter()
+    failed: list[str] = []
     for path in corpus_files(corpus):
         raw = path.read_bytes()
         result = app.pipeline.ingest(raw, Envelope(channel="corpus"))
@@ -37,6 +38,8 @@ def test_whole_corpus_ingests_without_a_traceback(app: App, corpus: Path) -> Non
                 entry = s.get(QuarantineEntry, result.quarantine_id)
                 assert entry is not None and entry.raw_sha256 == sha, path
                 assert entry.error, path
+                if entry.reason == "error":
+                    failed.append(path.name)
             else:
                 assert result.message_row_id is not None, (path, result)
                 row = s.get(Message, result.message_row_id)
@@ -45,8 +48,10 @@ def test_whole_corpus_ingests_without_a_traceback(app: App, corpus: Path) -> Non
                 if result.outcome is not Outcome.DUPLICATE:
                     assert row.raw_sha256 == sha, path
     assert sum(outcomes.values()) == 717
-    # Nearly everything is usable mail; quarantine is for the genuinely broken.
-    assert outcomes["quarantined"] <= 10, outcomes
+    # Only the one fragment without a header block defeats the parser (PostgreSQL
+    # included: NUL bytes and odd charsets must not send mail to quarantine).
+    assert failed == ["example13.eml"], failed
+    assert outcomes["new_case"] > 50, outcomes
     with app.db.session() as s:
         stored = s.scalars(select(Message.raw_sha256)).all()
     assert len(stored) == len(set(stored))
