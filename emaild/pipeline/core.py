@@ -9,8 +9,9 @@ and with the error, and the caller still gets a stored outcome.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ from emaild.store.models import QuarantineEntry
 from emaild.store.rows import update_row
 
 log = structlog.get_logger("emaild.pipeline")
+# A quarantine entry is the last resort for keeping a message: retry a busy database.
+QUARANTINE_ATTEMPTS = 3
 
 
 def utcnow() -> datetime:
@@ -123,50 +126,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------
     def _run(self, ctx: IngestContext) -> IngestResult:
-        session: Session | None = None
-        # Held from the transaction's first statement until it is closed.
-        write_turn = contextlib.ExitStack()
-        try:
-            for stage in self.stages:
-                if stage.needs_session and session is None:
-                    write_turn.enter_context(self.db.serial_writes())
-                    session = self.db.sessions()
-                    with translate_errors():
-                        session.begin()
-                    ctx.session = session
-                _run_stage(stage, ctx)
-                if ctx.stopped:
-                    break
-            also = ctx.extra.get("also")
-            if session is None and also is not None:
-                write_turn.enter_context(self.db.serial_writes())
-                session = self.db.sessions()
-                with translate_errors():
-                    session.begin()
-            if session is not None:
-                for hook in ctx.before_commit:
-                    _guarded("before_commit", hook, ctx)
-                if ctx.message is not None and not ctx.extra.get("duplicate"):
-                    update_row(session, ctx.message, decision_trace=ctx.trace_json())
-                if also is not None:
-                    with translate_errors():
-                        also(session)
-                try:
-                    with translate_errors():
-                        session.commit()
-                except IntegrityError:
-                    # Another worker stored the same message first (contract 2).
-                    session.rollback()
-                    return self._duplicate_after_race(ctx)
-        except BaseException:
-            if session is not None:
-                session.rollback()
-            raise
-        finally:
-            if session is not None:
-                session.close()
-                ctx.session = None
-            write_turn.close()
+        # The stages before the first that needs the database run here, outside
+        # any transaction (parsing never holds the write lock); the rest run in
+        # the message's one transaction, a unit of ``Database.transact``.
+        remaining: tuple[Stage, ...] = ()
+        for index, stage in enumerate(self.stages):
+            if stage.needs_session:
+                remaining = self.stages[index:]
+                break
+            _run_stage(stage, ctx)
+            if ctx.stopped:
+                break
+        if remaining or ctx.extra.get("also") is not None:
+            try:
+                self.db.transact(functools.partial(self._transaction, ctx, remaining))
+            except IntegrityError:
+                # Another worker stored the same message first (contract 2).
+                return self._duplicate_after_race(ctx)
         # Follow-up work (releasing held mail on verification) runs once the message
         # is durably stored; its failure must not turn a stored message into a retry.
         for hook in ctx.after_commit:
@@ -183,6 +159,26 @@ class Pipeline:
             detail=ctx.disposition_reason,
             trace=tuple(ctx.trace_json()),
         )
+
+    @staticmethod
+    def _transaction(ctx: IngestContext, stages: Sequence[Stage], session: Session) -> None:
+        """The message's database work, in ``session``: committed by the caller."""
+        ctx.session = session
+        try:
+            for stage in stages:
+                _run_stage(stage, ctx)
+                if ctx.stopped:
+                    break
+            for hook in ctx.before_commit:
+                _guarded("before_commit", hook, ctx)
+            if ctx.message is not None and not ctx.extra.get("duplicate"):
+                update_row(session, ctx.message, decision_trace=ctx.trace_json())
+            also = ctx.extra.get("also")
+            if also is not None:
+                with translate_errors():
+                    also(session)
+        finally:
+            ctx.session = None
 
     def _dry_run(self, ctx: IngestContext) -> IngestResult:
         """Run the stages that do not need the database (``emaild rules test``)."""
@@ -209,7 +205,7 @@ class Pipeline:
 
         assert ctx.parsed is not None
         key = ctx.parsed.dedup_key
-        with self.db.session() as session:
+        with self.db.session(readonly=True) as session:
             row = session.scalars(select(Message).where(Message.dedup_key == key)).first()
             if row is None:
                 raise TransientError("write conflict; retry")
@@ -296,7 +292,14 @@ def record_quarantine(
             session, ctx, stage=stage, error=error, reason=reason, headers=headers
         )
 
-    return db.run(work, attempts=3)
+    for attempt in range(QUARANTINE_ATTEMPTS):
+        try:
+            return db.transact(work)
+        except TransientError:
+            if attempt + 1 >= QUARANTINE_ATTEMPTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def add_quarantine_entry(

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from emaild.errors import ConfigError, TransientError
+from emaild.store.group import GroupCommit
 from emaild.store.migrations import SCHEMA_HEAD
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -38,6 +39,7 @@ class Database:
         # Sessions that only read: on SQLite their BEGIN is deferred (see make_engine),
         # so they read the WAL snapshot at once instead of queueing behind writers.
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
+        self.group = GroupCommit(self) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -75,6 +77,21 @@ class Database:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def transact(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a transaction; return once it is durably committed.
+
+        On SQLite, calls made from several threads at once share one
+        transaction and one commit, each in its own SAVEPOINT
+        (``emaild.store.group``): a call whose ``work`` raises rolls back only
+        its own writes and gets its exception. On PostgreSQL, which commits
+        concurrent transactions in parallel, each call has its own. Outages
+        raise ``TransientError``; ``work`` must not open a write transaction.
+        """
+        if self.group is not None:
+            return self.group.run(work)
+        with self.session() as session, session.begin():
+            return work(session)
 
     @contextmanager
     def serial_writes(self) -> Iterator[None]:
