@@ -1,8 +1,10 @@
 """Content-addressed blob store for raw messages and attachments.
 
 A blob's name is its sha256, so identical content is stored once. Writes go to
-a temporary file in the same directory tree, are fsynced, then renamed into
-place, so a reader never sees a partial blob and a crash leaves only a temp file.
+a temporary file in the same directory tree (``tmp/``, or beside the blob as
+``.<sha prefix>-*.tmp`` when the name is known first), are fsynced, then
+renamed into place and the directory fsynced, so a reader never sees a partial
+blob and a crash leaves only a temp file.
 """
 
 from __future__ import annotations
@@ -38,8 +40,26 @@ class BlobStore:
     def put(self, data: bytes | memoryview) -> tuple[str, int]:
         """Store ``data``; returns (sha256, size)."""
         sha = hashlib.sha256(data).hexdigest()
-        if not self.exists(sha):
-            self._write(sha, (data,))
+        final = self.path(sha)
+        if final.is_file():
+            return sha, len(data)
+        # The name is known before writing: the temporary file goes beside its
+        # final place, so the rename stays in one directory (no shared tmp/
+        # directory that every concurrent writer has to lock).
+        fd, tmp = self._temp_beside(final)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            _unlink(tmp)
+            raise TransientError(f"blob store write failed: {exc}") from exc
+        except BaseException:
+            _unlink(tmp)
+            raise
         return sha, len(data)
 
     def put_chunks(self, chunks: Iterable[bytes]) -> tuple[str, int]:
@@ -78,25 +98,40 @@ class BlobStore:
         except OSError as exc:
             raise TransientError(f"blob store unavailable: {exc}") from exc
 
-    def _write(self, sha: str, chunks: Iterable[bytes | memoryview]) -> None:
-        fd, tmp = self._temp()
+    def _temp_beside(self, final: Path) -> tuple[int, str]:
+        """A new temporary file in ``final``'s directory (created, durably, if new)."""
+        prefix = f".{final.name[:16]}-"
         try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._publish(tmp, sha)
+            try:
+                return tempfile.mkstemp(dir=final.parent, prefix=prefix, suffix=".tmp")
+            except FileNotFoundError:
+                self._make_dirs(final.parent)
+                return tempfile.mkstemp(dir=final.parent, prefix=prefix, suffix=".tmp")
         except OSError as exc:
-            _unlink(tmp)
-            raise TransientError(f"blob store write failed: {exc}") from exc
+            raise TransientError(f"blob store unavailable: {exc}") from exc
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and its missing parents under the root, each made durable.
+
+        A new directory's name lives in its parent: the parent is fsynced too, or a
+        crash could lose the directory with a blob the database already points to.
+        """
+        missing = []
+        while not directory.is_dir() and directory != self.root:
+            missing.append(directory)
+            directory = directory.parent
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in reversed(missing):
+            path.mkdir(exist_ok=True)
+            _fsync_dir(path.parent)
 
     def _publish(self, tmp: str, sha: str) -> None:
         final = self.path(sha)
         if final.is_file():
             _unlink(tmp)
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.parent.is_dir():
+            self._make_dirs(final.parent)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
