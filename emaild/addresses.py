@@ -139,6 +139,15 @@ class AddressBook:
         entry = self.entry(address)
         return entry is not None and entry.verified
 
+    def lookup_cached(self, address: str) -> tuple[bool, RoutingAddress | None]:
+        """``(True, lookup(address))`` from the cache, or ``(False, None)`` if a
+        database read is due first (then call ``lookup`` where blocking is fine)."""
+        snapshot = self._snapshot
+        if snapshot is None or self._clock() - self._loaded_at >= self.cache_seconds:
+            return False, None
+        entry = snapshot.by_address.get(address.strip().lower())
+        return True, entry.routing if entry is not None else None
+
     def invalidate(self) -> None:
         """Forget the cached managed rows (after this process changed them)."""
         with self._lock:

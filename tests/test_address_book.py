@@ -138,3 +138,15 @@ def test_an_alias_cannot_belong_to_two_managed_addresses(file_app: App) -> None:
         add(file_app, "b@acme.test", aliases=["shared@acme.test"])
     with pytest.raises(InputError, match="already exists"):
         add(file_app, "A@acme.test")
+
+
+def test_lookup_cached_answers_without_io_only_while_the_cache_is_fresh(file_app: App) -> None:
+    ticks = [100.0]
+    book = AddressBook(file_app.config, file_app.db, cache_seconds=5.0, clock=lambda: ticks[0])
+    assert book.lookup_cached("help@example.com") == (False, None)  # never read yet
+    routing = book.lookup("support@example.com")
+    assert routing is not None
+    assert book.lookup_cached("HELP@example.com") == (True, routing)
+    assert book.lookup_cached("nobody@example.com") == (True, None)
+    ticks[0] += 5.0  # stale: the SMTP listener must ask ``lookup`` in a thread
+    assert book.lookup_cached("support@example.com") == (False, None)

@@ -621,6 +621,11 @@ class SmtpChannel:
         """The routing address for ``address`` (the address book may query the database)."""
         loop = asyncio.get_running_loop()
         book = self.app.pipeline.addresses
+        # Nearly always answered from the book's cache: a thread hop for a
+        # dictionary lookup would cost more than the lookup.
+        fresh, routing = book.lookup_cached(address)
+        if fresh:
+            return routing
         return await loop.run_in_executor(self._lookups, book.lookup, address)
 
     async def check_password(self, user: str, password: bytes) -> bool:
