@@ -51,7 +51,9 @@ class BlobStore:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                # The data and what reading it needs (its size); the name is made
+                # durable by the directory's fsync after the rename.
+                os.fdatasync(fh.fileno())
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
@@ -74,7 +76,9 @@ class BlobStore:
                     size += len(chunk)
                     fh.write(chunk)
                 fh.flush()
-                os.fsync(fh.fileno())
+                # The data and what reading it needs (its size); the name is made
+                # durable by the directory's fsync after the rename.
+                os.fdatasync(fh.fileno())
             sha = digest.hexdigest()
             self._publish(tmp, sha)
         except OSError as exc:
