@@ -2,7 +2,9 @@
 
 The raw bytes are written to the blob store first. Stages then run in the order
 of ``STAGES``; those that need the database share ONE transaction, opened at the
-first of them, so a message is either fully stored or not at all. A stage that
+first of them, so a message is either fully stored or not at all. (On SQLite
+that transaction may also carry other messages waiting for the writer, each in
+its own SAVEPOINT, committed together: ``Database.transact``.) A stage that
 raises (anything but ``TransientError``) sends the message to quarantine, raw
 and with the error, and the caller still gets a stored outcome.
 """
