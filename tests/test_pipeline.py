@@ -79,3 +79,32 @@ def test_failing_stage_quarantines_raw(app: App) -> None:
     app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
     with app.db.session() as s:
         assert s.scalars(select(QuarantineEntry)).one().attempts == 2
+
+
+def test_simultaneous_copies_are_one_message_not_a_quarantine(app: App) -> None:
+    """Two channels delivering the same message at the same moment (contract 2)."""
+    import threading
+
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def deliver(raw: bytes, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        result = app.pipeline.ingest(raw, Envelope(channel="test"))
+        with lock:
+            outcomes.append(result.outcome)
+
+    for n in range(15):
+        raw = SIMPLE.replace(b"<m1@customer.test>", f"<race-{n}@customer.test>".encode())
+        raw = raw.replace(b"It is on fire.", f"Printer {n} is on fire.".encode())
+        barrier = threading.Barrier(3)
+        threads = [threading.Thread(target=deliver, args=(raw, barrier)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(outcomes) == 45
+    assert outcomes.count(Outcome.NEW_CASE) == 15
+    assert outcomes.count(Outcome.DUPLICATE) == 30
+    assert count(app, QuarantineEntry) == 0
+    assert count(app, Message) == 15

@@ -142,9 +142,13 @@ class Pipeline:
         if remaining or ctx.extra.get("also") is not None:
             try:
                 self.db.transact(functools.partial(self._transaction, ctx, remaining))
-            except IntegrityError:
-                # Another worker stored the same message first (contract 2).
-                return self._duplicate_after_race(ctx)
+            except IntegrityError as exc:
+                # Another worker stored the same message first (contract 2); any
+                # other constraint failure is this message's problem: quarantine.
+                duplicate = self._duplicate_after_race(ctx)
+                if duplicate is not None:
+                    return duplicate
+                raise _StageFailed("persist", exc) from exc
         # Follow-up work (releasing held mail on verification) runs once the message
         # is durably stored; its failure must not turn a stored message into a retry.
         for hook in ctx.after_commit:
@@ -202,15 +206,17 @@ class Pipeline:
             trace=tuple(ctx.trace_json()),
         )
 
-    def _duplicate_after_race(self, ctx: IngestContext) -> IngestResult:
+    def _duplicate_after_race(self, ctx: IngestContext) -> IngestResult | None:
+        """The copy a concurrent writer committed first, if that is what collided."""
         from emaild.store.models import Message
 
-        assert ctx.parsed is not None
+        if ctx.parsed is None:
+            return None
         key = ctx.parsed.dedup_key
         with self.db.session(readonly=True) as session:
             row = session.scalars(select(Message).where(Message.dedup_key == key)).first()
             if row is None:
-                raise TransientError("write conflict; retry")
+                return None
             return IngestResult(
                 Outcome.DUPLICATE,
                 case_number=row.case_id,
@@ -254,7 +260,9 @@ def _guarded(name: str, call: Callable[[IngestContext], None], ctx: IngestContex
     """Run a stage or hook: outages become ``TransientError``, other errors quarantine."""
     try:
         call(ctx)
-    except (TransientError, _StageFailed):
+    except (TransientError, _StageFailed, IntegrityError):
+        # IntegrityError: PostgreSQL checks the unique dedup key at the INSERT, so a
+        # concurrent copy of this message surfaces here; ``_run`` tells which it was.
         raise
     except InputError as exc:
         raise _StageFailed(name, exc) from exc
