@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from emaild.app import App
+from emaild.config import load_config
 from emaild.errors import TransientError
 from emaild.pipeline import Envelope, Outcome
 from emaild.pipeline.context import IngestContext
@@ -27,6 +29,25 @@ from emaild.pipeline.stages import STAGES
 from emaild.store.models import Case, Message, QuarantineEntry
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path) -> Iterator[Callable[[str], App]]:
+    """Apps on SQLite only: group commit is SQLite's (PostgreSQL commits each unit)."""
+    opened: list[App] = []
+
+    def build(toml: str = "") -> App:
+        path = tmp_path / "emaild.toml"
+        path.write_text(toml)
+        env = {"EMAILD_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)}
+        app = App.open(load_config(path, env))
+        assert app.db.group is not None
+        opened.append(app)
+        return app
+
+    yield build
+    for app in opened:
+        app.close()
 
 
 def add_case(subject: str) -> Callable[[Session], int]:
@@ -96,9 +117,10 @@ def test_a_failing_unit_rolls_back_only_itself(app: App) -> None:
     assert cases(app) == ["first", "third"]
 
 
-def test_a_failed_commit_fails_every_unit_and_stores_nothing(app: App) -> None:
-    if app.db.group is None:
-        pytest.skip("PostgreSQL: every unit commits on its own")
+def test_a_failed_commit_fails_every_unit_and_stores_nothing(
+    sqlite_app: Callable[[str], App],
+) -> None:
+    app = sqlite_app("")
 
     def orphan_message(session: Session) -> None:
         # Checked only at COMMIT: a foreign key naming a case that does not exist.
@@ -118,9 +140,8 @@ def test_a_failed_commit_fails_every_unit_and_stores_nothing(app: App) -> None:
     assert cases(app) == []
 
 
-def test_a_unit_may_not_ask_for_another_transaction(app: App) -> None:
-    if app.db.group is None:
-        pytest.skip("PostgreSQL: no shared transaction to wait for")
+def test_a_unit_may_not_ask_for_another_transaction(sqlite_app: Callable[[str], App]) -> None:
+    app = sqlite_app("")
 
     def nested(session: Session) -> None:
         app.db.transact(add_case("inner"))
@@ -132,24 +153,17 @@ def test_a_unit_may_not_ask_for_another_transaction(app: App) -> None:
 
 
 def test_no_write_turn_fails_every_waiting_unit_with_a_transient_error(
-    make_config: Any,
+    sqlite_app: Callable[[str], App],
 ) -> None:
-    app = App.open(make_config("[storage]\nbusy_timeout_seconds = 0.5\n"))
-    try:
-        if app.db.group is None:
-            pytest.skip("PostgreSQL has no process write turn")
-        results: list[Any] = []
-        with app.db.serial_writes():  # held longer than the busy timeout
-            thread = threading.Thread(
-                target=lambda: results.append(_outcome(app, add_case("late")))
-            )
-            thread.start()
-            thread.join(10)
-        assert len(results) == 1 and isinstance(results[0], TransientError)
-        app.db.transact(add_case("later"))  # and the next caller leads again
-        assert cases(app) == ["later"]
-    finally:
-        app.close()
+    app = sqlite_app("[storage]\nbusy_timeout_seconds = 0.5\n")
+    results: list[Any] = []
+    with app.db.serial_writes():  # held longer than the busy timeout
+        thread = threading.Thread(target=lambda: results.append(_outcome(app, add_case("late"))))
+        thread.start()
+        thread.join(10)
+    assert len(results) == 1 and isinstance(results[0], TransientError)
+    app.db.transact(add_case("later"))  # and the next caller leads again
+    assert cases(app) == ["later"]
 
 
 def _outcome(app: App, work: Callable[[Session], Any]) -> Any:
