@@ -67,11 +67,15 @@ class Database:
             yield session
 
     def run(self, work: Callable[[Session], T], *, attempts: int = 1) -> T:
-        """Run ``work`` in one transaction, committed on success."""
+        """Run ``work`` in one transaction, committed on success (``transact``), retried.
+
+        Going through ``transact`` puts these writers (outbox, IMAP cursor, channel
+        health, admin commands) in the same SQLite writer queue as the pipeline,
+        instead of racing it through SQLite's sleep-and-poll busy handler.
+        """
         for attempt in range(attempts):
             try:
-                with self.session() as session, session.begin():
-                    return work(session)
+                return self.transact(work)
             except TransientError:
                 if attempt + 1 >= attempts:
                     raise
