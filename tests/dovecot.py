@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -167,6 +168,37 @@ class Dovecot:
         entry.chmod(0o644)
         self.users[name] = user
         return user
+
+    def mailbox_toml(
+        self, user: ImapUser, *, password_file: str = "", **keys: str | bool | float
+    ) -> str:
+        """A ``[[mailbox]]`` table named "support" for ``user`` on this server.
+
+        The password goes inline unless ``password_file`` names a file; ``keys``
+        add or override settings (``idle=False``, ``poll_interval_seconds=300.0``).
+        """
+        settings: dict[str, str | bool | float] = {
+            "name": "support",
+            "host": self.host,
+            "port": self.port,
+            "tls": "plain",
+            "user": user.name,
+        }
+        if password_file:
+            settings["password_file"] = password_file
+        else:
+            settings["password"] = user.password
+        settings.update(keys)
+        lines = ["[[mailbox]]"]
+        for key, value in settings.items():
+            if isinstance(value, bool):
+                rendered = "true" if value else "false"
+            elif isinstance(value, str):
+                rendered = json.dumps(value)  # a TOML basic string for these values
+            else:
+                rendered = repr(value)
+            lines.append(f"{key} = {rendered}")
+        return "\n".join(lines) + "\n"
 
     def client(self, user: ImapUser, *, timeout: float = 30.0) -> IMAPClient:
         """A logged-in plain-IMAP client for ``user`` (the caller logs out)."""

@@ -401,20 +401,7 @@ def test_config_file_mailbox_with_password_file(
 ) -> None:
     user = dovecot.new_user()
     (tmp_path / "imap.pass").write_text(user.password + "\n", encoding="utf-8")
-    config: Config = make_config(
-        textwrap.dedent(
-            f"""
-            [[mailbox]]
-            name = "support"
-            host = "{dovecot.host}"
-            port = {dovecot.port}
-            tls = "plain"
-            user = "{user.name}"
-            password_file = "imap.pass"
-            idle = false
-            """
-        )
-    )
+    config: Config = make_config(dovecot.mailbox_toml(user, password_file="imap.pass", idle=False))
     box = config.mailbox[0]
     assert box.password_file == str(tmp_path / "imap.pass")  # relative to the config file
     dovecot.append(user, [mail(1)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import smtplib
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -34,18 +33,8 @@ def config_for(dovecot: Dovecot, user: ImapUser, tmp_path: Path) -> Path:
     secret.write_text(user.password, encoding="utf-8")
     path = tmp_path / "emaild.toml"
     path.write_text(
-        textwrap.dedent(
-            f"""
-            [[mailbox]]
-            name = "support"
-            host = "{dovecot.host}"
-            port = {dovecot.port}
-            tls = "plain"
-            user = "{user.name}"
-            password_file = "imap.pass"
-            poll_interval_seconds = 300.0
-            idle = true
-            """
+        dovecot.mailbox_toml(
+            user, password_file="imap.pass", poll_interval_seconds=300.0, idle=True
         ),
         encoding="utf-8",
     )

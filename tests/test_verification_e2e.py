@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,21 +160,7 @@ def test_forged_and_expired_tokens_do_not_verify(
 def test_verify_through_imap(dovecot: Any, run_cli: Any, relay_sink: Any, tmp_path: Path) -> None:
     user = dovecot.new_user()
     config_file = tmp_path / "imap.toml"
-    config_file.write_text(
-        textwrap.dedent(
-            f"""
-            [[mailbox]]
-            name = "support"
-            host = "{dovecot.host}"
-            port = {dovecot.port}
-            tls = "plain"
-            user = "{user.name}"
-            password = "{user.password}"
-            idle = false
-            """
-        ),
-        encoding="utf-8",
-    )
+    config_file.write_text(dovecot.mailbox_toml(user, idle=False), encoding="utf-8")
     config = ("--config", str(config_file))
     assert run_cli(*config, "address", "add", ADDRESS).returncode == 0
     dovecot.append(user, [CUSTOMER])
