@@ -263,7 +263,7 @@ def make_replies(count: int, n: int, signer: CaseSigner, rng: random.Random) -> 
 
 def match_pass(app: App, replies: list[Reply]) -> tuple[list[float], dict[str, int]]:
     """Match every reply once; per-message seconds and how many found a case."""
-    signer = app.pipeline.services["signer"]
+    signer = app.pipeline.services.signer
     routing = app.config.default_address
     times, hits = [], dict.fromkeys(KINDS, 0)
     with app.db.sessions() as session:
@@ -285,7 +285,7 @@ def match_pass(app: App, replies: list[Reply]) -> tuple[list[float], dict[str, i
 
 
 def ingest_time(app: App, n: int, count: int, rng: random.Random) -> float:
-    signer = app.pipeline.services["signer"]
+    signer = app.pipeline.services.signer
     total = 0.0
     for k in range(count):
         kind = KINDS[k % len(KINDS)]
@@ -321,7 +321,7 @@ def open_sized(base: Path, size: int) -> tuple[App, float]:
     state = base / f"db-{size}"
     app = App.open(load_config(None, {"EMAILD_STATE_DIR": str(state), "HOME": str(base)}))
     t0 = time.perf_counter()
-    grow(state / "emaild.db", 0, size, app.pipeline.services["signer"])
+    grow(state / "emaild.db", 0, size, app.pipeline.services.signer)
     load = time.perf_counter() - t0
     app.db.engine.dispose()  # fresh connections see the new statistics
     return app, load
@@ -350,11 +350,11 @@ def main() -> None:
         times: dict[int, list[float]] = {size: [] for size in sizes}
         hits: dict[int, dict[str, int]] = {size: dict.fromkeys(KINDS, 0) for size in sizes}
         for size in sizes:  # warm-up: statement caches, first pages
-            signer = apps[size].pipeline.services["signer"]
+            signer = apps[size].pipeline.services.signer
             match_pass(apps[size], make_replies(5, size, signer, rng))
         for _ in range(args.passes):
             for size in sizes:
-                signer = apps[size].pipeline.services["signer"]
+                signer = apps[size].pipeline.services.signer
                 got, found = match_pass(apps[size], make_replies(args.replies, size, signer, rng))
                 times[size] += got
                 for kind, n in found.items():
@@ -384,7 +384,7 @@ def main() -> None:
         for kind, found in hits[largest].items():
             print(f"  {kind:<24} {found}")
         app = apps[largest]
-        signer = app.pipeline.services["signer"]
+        signer = app.pipeline.services.signer
         print(f"\nquery plans at {largest:,} messages:")
         for statement, plan in query_plans(app, make_replies(3, largest, signer, rng)):
             print(f"  {statement[:110]}{'...' if len(statement) > 110 else ''}\n    -> {plan}")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from emaild.addresses import AddressBook
 from emaild.config import Config
 from emaild.errors import ConfigError
 from emaild.pipeline.core import Pipeline
-from emaild.services import build_services
+from emaild.services import Services
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
 
@@ -24,7 +22,11 @@ class App:
     db: Database
     blobs: BlobStore
     pipeline: Pipeline
-    services: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def services(self) -> Services:
+        """The pipeline's current services (swapped whole on reload)."""
+        return self.pipeline.services
 
     @classmethod
     def open(cls, config: Config, *, migrate: bool = True) -> App:
@@ -47,24 +49,20 @@ class App:
         if migrate:
             db.migrate()
         blobs = BlobStore(config.blob_dir)
-        services = build_services(config)
-        services["addresses"] = AddressBook(config, db)
-        pipeline = Pipeline(config, db, blobs, services=services)
-        return cls(config=config, db=db, blobs=blobs, pipeline=pipeline, services=services)
+        pipeline = Pipeline(Services.build(config, db, blobs), db)
+        return cls(config=config, db=db, blobs=blobs, pipeline=pipeline)
 
     def reload(self, config: Config) -> None:
         """Swap in a new config's rules, templates and settings, or raise and keep the old.
 
         Storage settings (database URL, state and blob directories) need a restart.
         """
-        services = build_services(config)  # raises ConfigError: nothing changes
-        services["addresses"] = AddressBook(config, self.db)
         for attr in ("database_url", "state_dir", "blob_dir"):
             if getattr(config, attr) != getattr(self.config, attr):
                 raise ConfigError(f"changing {attr} needs a restart", key="storage")
+        # Raises ConfigError before anything changes; then one assignment swaps it all.
+        services = Services.build(config, self.db, self.blobs, clock=self.services.clock)
         self.config = config
-        self.services = services
-        self.pipeline.config = config
         self.pipeline.services = services
 
     def close(self) -> None:

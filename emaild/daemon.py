@@ -1,8 +1,8 @@
 """The daemon: one event loop with the listeners, a scheduler and the components.
 
 ``Daemon.serve`` binds the SMTP/LMTP listeners (or takes systemd's sockets),
-starts the APScheduler ``AsyncIOScheduler`` and every component from
-``COMPONENTS``, tells systemd it is ready, then waits for a signal:
+starts the APScheduler ``AsyncIOScheduler`` and every component its caller
+handed it, tells systemd it is ready, then waits for a signal:
 
 - SIGTERM/SIGINT: stop accepting, let in-flight sessions finish up to
   ``daemon.shutdown_deadline_seconds``, stop components, exit 0. A second
@@ -10,10 +10,12 @@ starts the APScheduler ``AsyncIOScheduler`` and every component from
 - SIGHUP: reload the config file (rules, templates, addresses, limits) with
   ``App.reload``; a bad file is logged and the old configuration stays.
 
-Other parts plug in through ``COMPONENTS``: factories ``Callable[[App],
-Component | None]`` (None = nothing to run for this config). A component gets
-the daemon in ``start`` and may add scheduler jobs (``daemon.scheduler``) and
-run blocking work with ``await daemon.run_sync(fn, *args)``.
+Other parts plug in as component factories ``Callable[[App], Component |
+None]`` (None = nothing to run for this config) that the caller passes
+(``emaild run`` lists them). A component gets the daemon as its
+``emaild.component.Host`` in ``start`` and may add scheduler jobs
+(``host.scheduler``) and run blocking work with ``await host.run_sync(fn)``;
+no component imports this module.
 """
 
 from __future__ import annotations
@@ -26,19 +28,17 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from emaild.app import App
-from emaild.channels.imap.component import imap_component
 from emaild.channels.smtp import SmtpChannel, security_settings
+from emaild.component import Component
 from emaild.config import load_config
 from emaild.errors import EX_OK, ConfigError, EmaildError
-from emaild.outbox.component import outbox_component
 from emaild.systemd import InheritedSocket, Notifier
-from emaild.verification.release import release_component
 
 log = structlog.get_logger("emaild.daemon")
 
@@ -49,28 +49,7 @@ T = TypeVar("T")
 HEALTH_INTERVAL_SECONDS = 15.0
 
 
-class Component(Protocol):
-    """Something the daemon runs beside the listeners (IMAP poller, outbox, ...)."""
-
-    name: str
-
-    async def start(self, daemon: Daemon) -> None:
-        """Start work: add scheduler jobs, open connections. Called after listeners bind."""
-        ...
-
-    async def stop(self) -> None:
-        """Finish or abandon work in progress; called once on shutdown."""
-        ...
-
-
-ComponentFactory = Callable[[App], "Component | None"]
-
-# Other parts add their factory here (one line each); order is start order.
-COMPONENTS: tuple[ComponentFactory, ...] = (
-    outbox_component,
-    release_component,
-    imap_component,
-)
+ComponentFactory = Callable[[App], Component | None]
 
 
 class Daemon:
@@ -82,14 +61,14 @@ class Daemon:
         *,
         config_path: Path | None = None,
         env: Mapping[str, str] | None = None,
-        components: Sequence[ComponentFactory] | None = None,
+        components: Sequence[ComponentFactory] = (),
         notifier: Notifier | None = None,
         sockets: Sequence[InheritedSocket] = (),
     ) -> None:
         self.app = app
         self.config_path = config_path
         self.env = dict(os.environ if env is None else env)
-        self.factories = tuple(COMPONENTS if components is None else components)
+        self.factories = tuple(components)
         self.notifier = notifier or Notifier(self.env)
         # systemd's sockets (socket activation); empty = bind the configured addresses.
         self.sockets = list(sockets)

@@ -1,16 +1,115 @@
-"""Quarantine: messages kept raw with the error that stopped them (contract 3)."""
+"""Quarantine: messages kept raw with the error that stopped them (contract 3).
+
+This module is the one writer and reader of quarantine rows: the pipeline
+(a stage failed, or a rule or accept-from said "quarantine"), the IMAP
+channel (a message too large to download, or not mail at all) and the
+operator's ``emaild quarantine`` commands all go through it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from emaild.errors import InputError
-from emaild.pipeline import Envelope, IngestResult, Outcome, Pipeline
+from emaild.intake import Envelope, IngestResult, Outcome
+from emaild.store.blobs import BlobStore
+from emaild.store.database import Database
 from emaild.store.models import QuarantineEntry
 
+HELD = "held"
+RELEASED = "released"
+# How much of a message's header block an entry keeps for ``quarantine show``.
+HEADER_KEEP_BYTES = 16384
+ERROR_KEEP_CHARS = 10000
+# A quarantine entry is the last resort for keeping a message: retry a busy database.
+ATTEMPTS = 3
 
+
+@dataclass(frozen=True)
+class Held:
+    """What to keep of a message that cannot become a case now."""
+
+    channel: str
+    reason: str  # error, rule, accept_from, unusable, too_large
+    stage: str
+    error: str
+    raw_sha256: str = ""  # empty: the raw bytes were never fetched (too large)
+    raw_size: int = 0
+    headers: str = ""
+    envelope_from: str = ""
+    envelope_to: tuple[str, ...] = ()
+
+
+def header_block(raw: bytes) -> str:
+    """The message's header block (at most ``HEADER_KEEP_BYTES``), as text."""
+    end = raw.find(b"\r\n\r\n")
+    if end == -1:
+        end = raw.find(b"\n\n")
+    block = raw[: end if end != -1 else HEADER_KEEP_BYTES][:HEADER_KEEP_BYTES]
+    return block.decode("utf-8", "replace")
+
+
+def find_held(session: Session, *conditions: Any) -> QuarantineEntry | None:
+    """The first held entry matching ``conditions``."""
+    query = select(QuarantineEntry).where(QuarantineEntry.status == HELD, *conditions)
+    return session.scalars(query.limit(1)).first()
+
+
+def add(session: Session, held: Held, now: datetime) -> QuarantineEntry:
+    """A new held entry for ``held`` in ``session`` (flushed: it has its id)."""
+    entry = QuarantineEntry(
+        created_at=now,
+        channel=held.channel,
+        envelope_from=held.envelope_from,
+        envelope_to=list(held.envelope_to),
+        raw_sha256=held.raw_sha256,
+        raw_size=held.raw_size,
+        reason=held.reason,
+        stage=held.stage,
+        error=held.error[:ERROR_KEEP_CHARS],
+        status=HELD,
+        attempts=1,
+        last_attempt_at=now,
+        headers=held.headers,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def hold(session: Session, held: Held, now: datetime) -> int:
+    """Keep ``held`` in ``session``; the same held raw bytes are one entry, counted again."""
+    if held.raw_sha256:
+        existing = find_held(session, QuarantineEntry.raw_sha256 == held.raw_sha256)
+        if existing is not None:
+            existing.attempts += 1
+            existing.last_attempt_at = now
+            existing.error = held.error[:ERROR_KEEP_CHARS]
+            existing.stage = held.stage
+            return existing.id
+    return add(session, held, now).id
+
+
+def record(
+    db: Database, held: Held, now: datetime, *, also: Callable[[Session], None] | None = None
+) -> int:
+    """``hold`` in a transaction of its own; ``also`` runs in it (an IMAP cursor moves on)."""
+
+    def work(session: Session) -> int:
+        if also is not None:
+            also(session)
+        return hold(session, held, now)
+
+    return db.run(work, attempts=ATTEMPTS)
+
+
+# --- reading and retrying -------------------------------------------------------------
 def entry_json(e: QuarantineEntry) -> dict[str, Any]:
     return {
         "id": e.id,
@@ -29,29 +128,43 @@ def entry_json(e: QuarantineEntry) -> dict[str, Any]:
     }
 
 
-def list_entries(pipeline: Pipeline, status: str | None = "held") -> list[dict[str, Any]]:
-    with pipeline.db.session() as session:
+def list_entries(db: Database, status: str | None = HELD) -> list[dict[str, Any]]:
+    with db.session() as session:
         query = select(QuarantineEntry).order_by(QuarantineEntry.id)
         if status:
             query = query.where(QuarantineEntry.status == status)
         return [entry_json(e) for e in session.scalars(query)]
 
 
-def get_entry(pipeline: Pipeline, entry_id: int) -> QuarantineEntry | None:
-    with pipeline.db.session() as session:
+def get_entry(db: Database, entry_id: int) -> QuarantineEntry | None:
+    with db.session() as session:
         return session.get(QuarantineEntry, entry_id)
 
 
-def retry(pipeline: Pipeline, entry_id: int, *, release: bool = False) -> IngestResult:
+class Reingest(Protocol):
+    """What ``retry`` needs of the pipeline."""
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult: ...
+
+    def clock(self) -> datetime: ...
+
+
+def retry(pipeline: Reingest, entry_id: int, *, release: bool = False) -> IngestResult:
     """Run a held message through the pipeline again (after a fix).
 
     With ``release`` the operator overrides a policy quarantine (a rule's or
     accept-from's): the message goes through every stage except that quarantine.
     """
-    entry = get_entry(pipeline, entry_id)
+    entry = get_entry(pipeline.db, entry_id)
     if entry is None:
         raise InputError(f"no quarantine entry {entry_id}")
-    if entry.status != "held":
+    if entry.status != HELD:
         raise InputError(f"quarantine entry {entry_id} is {entry.status}, not held")
     if not entry.raw_sha256 or not pipeline.blobs.exists(entry.raw_sha256):
         raise InputError(
@@ -70,9 +183,10 @@ def retry(pipeline: Pipeline, entry_id: int, *, release: bool = False) -> Ingest
     result = pipeline.ingest(raw, envelope)
     if result.outcome is not Outcome.QUARANTINED or result.quarantine_id != entry_id:
 
-        def mark_released(session: Any) -> None:
+        def mark_released(session: Session) -> None:
             row = session.get(QuarantineEntry, entry_id)
-            row.status = "released"
+            assert row is not None
+            row.status = RELEASED
             row.message_row_id = result.message_row_id
             row.last_attempt_at = pipeline.clock()
 

@@ -1,49 +1,77 @@
-"""Collaborators built from the config (rule set, templates, signer, ...).
+"""``Services``: the collaborators stages use, built once from the config.
 
-Each entry of ``SERVICE_LOADERS`` is ``(name, loader)``; a loader turns a
-``Config`` into the object stages find in ``pipeline.services[name]``, and
-raises ``ConfigError`` (``file:line: ...``) for bad input. ``emaild check``
-builds them all; SIGHUP rebuilds them and swaps them in only if all succeed.
+A ``Services`` is frozen and swapped whole: SIGHUP builds a new one from the
+new config (every part checked first, ``ConfigError`` with ``file:line`` for
+the first bad one) and replaces the old in one assignment, so a message never
+sees half of an old configuration and half of a new one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
+from emaild.addresses import AddressBook
+from emaild.autoresponse import TemplateSet, load_templates
+from emaild.clock import utcnow
 from emaild.config import Config
-
-ServiceLoader = Callable[[Config], Any]
-
-
-def _signer(config: Config) -> Any:
-    from emaild.correlation.tokens import load_signer
-
-    return load_signer(config)
+from emaild.correlation.tokens import CaseSigner, load_signer
+from emaild.rules import RuleSet, load_rules
+from emaild.store.blobs import BlobStore
+from emaild.store.database import Database
+from emaild.verification.tokens import TokenSigner
 
 
-def _templates(config: Config) -> Any:
-    from emaild.autoresponse import load_templates
+@dataclass(frozen=True)
+class Loaded:
+    """What the config files themselves define: rules, templates and the case signer."""
 
-    return load_templates(config)
+    rules: RuleSet
+    templates: TemplateSet
+    signer: CaseSigner
 
-
-def _rules(config: Config) -> Any:
-    from emaild.autoresponse import TemplateSet
-    from emaild.rules import load_rules
-
-    # Rules may only choose auto-response templates that exist.
-    templates = TemplateSet.load(config.templates_path).names()
-    return load_rules(config.rules_path, templates=templates)
-
-
-SERVICE_LOADERS: tuple[tuple[str, ServiceLoader], ...] = (
-    ("rules", _rules),
-    ("signer", _signer),
-    ("templates", _templates),
-)
+    @classmethod
+    def load(cls, config: Config) -> Loaded:
+        """Load and check every part; the first bad one raises ``ConfigError``."""
+        templates = load_templates(config)
+        # Rules may only choose auto-response templates that exist.
+        rules = load_rules(config.rules_path, templates=templates.names())
+        return cls(rules=rules, templates=templates, signer=load_signer(config))
 
 
-def build_services(config: Config) -> dict[str, Any]:
-    """Build every service for ``config``; the first bad one raises ``ConfigError``."""
-    return {name: loader(config) for name, loader in SERVICE_LOADERS}
+@dataclass(frozen=True)
+class Services:
+    """Everything a stage may use besides the message and its session."""
+
+    config: Config
+    rules: RuleSet
+    templates: TemplateSet
+    signer: CaseSigner  # case tokens, signed Message-IDs
+    tokens: TokenSigner  # verification and forwarding-test tokens
+    addresses: AddressBook
+    blobs: BlobStore
+    clock: Callable[[], datetime] = utcnow
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        loaded: Loaded | None = None,
+    ) -> Services:
+        """Services for ``config`` (``loaded`` when the files were loaded already)."""
+        parts = loaded or Loaded.load(config)
+        return cls(
+            config=config,
+            rules=parts.rules,
+            templates=parts.templates,
+            signer=parts.signer,
+            tokens=TokenSigner(parts.signer.secret),
+            addresses=AddressBook(config, db),
+            blobs=blobs,
+            clock=clock,
+        )

@@ -114,7 +114,7 @@ def test_new_case_gets_exactly_one_autoresponse_and_the_reply_threads_back(
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     text = msg.get_body(("plain",))
     assert text is not None and f"{first.case_number:08d}" in text.get_content()
-    signer = app.services["signer"]
+    signer = app.services.signer
     our_id = str(msg["Message-ID"])
     assert signer.case_from_message_id(our_id) == first.case_number
     assert item.message_id == our_id
@@ -169,7 +169,7 @@ def test_hide_record_information_template_sends_a_generic_acknowledgement(
     body = msg.get_content()
     assert number not in body and "Secret project" not in body and "Case #" not in body
     # It still threads: the Message-ID is signed for the case.
-    assert app.services["signer"].case_from_message_id(str(msg["Message-ID"])) == int(number)
+    assert app.services.signer.case_from_message_id(str(msg["Message-ID"])) == int(number)
 
 
 def test_customer_fields_cannot_inject_headers_and_are_rfc2047_encoded(
@@ -369,7 +369,7 @@ def test_body_token_when_enabled(relay_app: Any, relay_sink: Any) -> None:
     assert isinstance(msg, EmailMessage)
     plain = msg.get_body(("plain",))
     assert plain is not None
-    found = app.services["signer"].find_tokens(plain.get_content())
+    found = app.services.signer.find_tokens(plain.get_content())
     assert [t.case_id for t in found] == [result.case_number]
     assert email.policy.default  # the stdlib parsed it with the modern policy
 

@@ -117,12 +117,12 @@ def test_reload_keeps_the_old_templates_when_the_new_ones_are_broken(
 
     app = App.open(make_config())
     try:
-        before = app.services["templates"]
+        before = app.services.templates
         broken = tmp_path / "broken-templates"
         broken.mkdir()
         (broken / "default.txt").write_text("Subject: x\n\n{{ nope }}\n")
         with pytest.raises(ConfigError):
             app.reload(make_config(EMAILD_TEMPLATES_DIR=str(broken)))
-        assert app.services["templates"] is before
+        assert app.services.templates is before
     finally:
         app.close()

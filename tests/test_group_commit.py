@@ -25,7 +25,7 @@ from emaild.errors import TransientError
 from emaild.pipeline import Envelope, Outcome
 from emaild.pipeline.context import IngestContext
 from emaild.pipeline.core import Pipeline
-from emaild.pipeline.stages import STAGES
+from emaild.pipeline.stages import STAGES, insert_stage
 from emaild.store.models import Case, Message, QuarantineEntry
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -195,8 +195,8 @@ def mail(n: int, subject: str) -> bytes:
 
 
 def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_are_stored(app: App) -> None:
-    stages = (*STAGES[:-1], PoisonStage(), STAGES[-1])
-    pipeline = Pipeline(app.config, app.db, app.blobs, stages=stages, services=app.services)
+    stages = insert_stage(STAGES, PoisonStage(), before="autorespond")
+    pipeline = Pipeline(app.services, app.db, stages=stages)
     subjects = ["one", "two", "poison", "four", "five"]
     works = [
         (lambda raw: lambda _s: pipeline.ingest(raw, Envelope(channel="test")))(mail(n, s))

@@ -11,11 +11,11 @@ import pytest
 from smtp_helpers import smtp_listener
 from sqlalchemy import func, select
 
+from emaild.accept_from import sender_refusal
 from emaild.app import App
 from emaild.config import RoutingAddress, load_config
 from emaild.errors import ConfigError
 from emaild.pipeline import Envelope, Outcome
-from emaild.routing import sender_refusal
 from emaild.store.models import Case, Message, QuarantineEntry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def test_routing_defaults_apply_when_no_rule_matches(make_config: Any) -> None:
         assert rules[0] == {
             "stage": "rules",
             "decision": "no rule matched",
-            "rules": len(app.services["rules"]),
+            "rules": len(app.services.rules),
             "kept": "routing defaults",
         }
     finally:
@@ -331,20 +331,20 @@ def test_reload_with_a_bad_rule_file_keeps_the_old_rules(make_config: Any, tmp_p
     config = make_config(EMAILD_RULES_DIR=str(rules_dir))
     app = App.open(config)
     try:
-        old_rules = app.pipeline.services["rules"]
+        old_rules = app.pipeline.services.rules
         rule_file.write_text(good.replace("from_domain", "from_domian"), encoding="utf-8")
         with pytest.raises(ConfigError) as caught:
             app.reload(load_config(Path(config.source), _env(config)))
         assert str(caught.value).startswith(
             f"{rule_file}:4: rule 'vip': unknown field 'from_domian'"
         )
-        assert app.pipeline.services["rules"] is old_rules
+        assert app.pipeline.services.rules is old_rules
         app.pipeline.ingest(message(13), Envelope(channel="test"))
         assert only_case(app).owner == "vip-desk"
         # Fixed file: the reload takes, and the new rules apply.
         rule_file.write_text(good.replace("vip-desk", "vip-team"), encoding="utf-8")
         app.reload(load_config(Path(config.source), _env(config)))
-        assert app.pipeline.services["rules"] is not old_rules
+        assert app.pipeline.services.rules is not old_rules
         result = app.pipeline.ingest(message(14), Envelope(channel="test"))
         with app.db.session() as s:
             case = s.get(Case, result.case_number)

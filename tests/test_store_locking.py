@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from emaild.addresses import AddressBook
 from emaild.app import App
-from emaild.pipeline.core import utcnow
+from emaild.clock import utcnow
 from emaild.store.models import Case, ManagedAddress
 
 

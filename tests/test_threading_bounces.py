@@ -10,6 +10,7 @@ first. The shapes, encodings and broken MIME stay exactly as the MTA made them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections import Counter
@@ -112,8 +113,9 @@ def test_corpus_bounces_thread_onto_the_closed_case_of_our_message(
     ours = sent.message_id
     assert signer(app).case_from_message_id(ours) == case
     if secret == "rotated":
-        app.pipeline.services["signer"] = CaseSigner(
-            secret=b"the-secret-after-the-rotation", domain=signer(app).domain
+        app.pipeline.services = dataclasses.replace(
+            app.services,
+            signer=CaseSigner(secret=b"the-secret-after-the-rotation", domain=signer(app).domain),
         )
         assert signer(app).case_from_message_id(ours) is None
     close_case(app, case)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import threading
@@ -23,7 +24,6 @@ from emaild.verification.tokens import (
     TokenSigner,
     Verdict,
     issue,
-    signer_for,
     token_hash,
     use,
 )
@@ -82,7 +82,7 @@ def is_verified(app: App, address: str = ADDRESS) -> bool:
 
 # --- tokens ------------------------------------------------------------------------------
 def test_a_token_works_once_and_only_for_its_address(app: App) -> None:
-    signer = signer_for(app.services, app.config)
+    signer = app.services.tokens
 
     def issue_one(s: Any) -> str:
         token, _ = issue(s, signer, address=ADDRESS, purpose=VERIFY, now=T0, ttl=timedelta(hours=1))
@@ -107,7 +107,7 @@ def test_a_token_works_once_and_only_for_its_address(app: App) -> None:
 
 
 def test_expired_unknown_and_forged_tokens_do_not_verify(app: App) -> None:
-    signer = signer_for(app.services, app.config)
+    signer = app.services.tokens
     token = app.db.run(
         lambda s: issue(s, signer, address=ADDRESS, purpose=VERIFY, now=T0, ttl=timedelta(hours=1))[
             0
@@ -142,7 +142,7 @@ def test_expired_unknown_and_forged_tokens_do_not_verify(app: App) -> None:
 
 
 def test_two_channels_racing_for_one_token_use_it_once(app: App) -> None:
-    signer = signer_for(app.services, app.config)
+    signer = app.services.tokens
     token = app.db.run(
         lambda s: issue(s, signer, address=ADDRESS, purpose=VERIFY, now=T0, ttl=timedelta(hours=1))[
             0
@@ -228,9 +228,7 @@ def test_mail_to_an_unverified_address_is_held_then_released_in_order(app: App) 
         ).all()
     assert sorted(responses) == [c.id for c in cases]
     # Running a release again finds nothing to do and changes nothing.
-    from emaild.verification.release import release_held
-
-    assert release_held(app.pipeline) == []
+    assert app.pipeline.release_held() == []
     assert count(app, Case) == 2
 
 
@@ -295,7 +293,9 @@ def test_an_expired_verification_mail_does_not_verify_and_is_no_case(app: App) -
     add_address(app)
     request_verification(app, ADDRESS)
     raw, token = queued_verification(app)
-    app.pipeline.clock = lambda: datetime.now(UTC) + timedelta(days=30)
+    app.pipeline.services = dataclasses.replace(
+        app.services, clock=lambda: datetime.now(UTC) + timedelta(days=30)
+    )
     result = app.pipeline.ingest(
         raw, Envelope(channel="smtp", mail_from="carol@customer.test", rcpt_to=(ADDRESS,))
     )
@@ -340,17 +340,15 @@ def test_no_hold_when_the_admin_turns_it_off(make_config: Any) -> None:
 
 
 def test_held_mail_left_behind_by_a_crash_is_released_on_the_next_pass(app: App) -> None:
-    from emaild.verification.release import release_held
-
     add_address(app)
     for n in (1, 2):
         app.pipeline.ingest(customer_mail(n), Envelope(channel="pipe", rcpt_to=(ADDRESS,)))
     # Verified, but the process died before releasing (nothing ran after commit).
     app.db.run(lambda s: setattr(s.get(ManagedAddress, ADDRESS), "verified_at", T0))
     assert count(app, Message, Message.state == "held") == 2
-    released = release_held(app.pipeline, limit=1)  # the daemon job's pass, bounded
+    released = app.pipeline.release_held(limit=1)  # the daemon job's pass, bounded
     assert [(r.outcome, r.case_number) for r in released] == [("new_case", 1)]
-    released = release_held(app.pipeline)
+    released = app.pipeline.release_held()
     assert [(r.outcome, r.case_number) for r in released] == [("new_case", 2)]
     assert count(app, Message, Message.state == "held") == 0
     assert count(app, Case) == 2

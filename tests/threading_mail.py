@@ -1,7 +1,7 @@
 """Building the mail the threading tests exchange: customer messages and emaild's replies.
 
 Outgoing mail is built with the threading API (signed Message-ID, subject and
-body tokens from ``services["signer"]``) and queued with the real outbox
+body tokens from ``services.signer``) and queued with the real outbox
 ``enqueue``, exactly as auto-responses are; so what a reply can refer to is
 what emaild really records.
 """
@@ -58,7 +58,7 @@ def ingest(app: App, raw: bytes) -> IngestResult:
 
 
 def signer(app: App) -> CaseSigner:
-    found = app.pipeline.services["signer"]
+    found = app.pipeline.services.signer
     assert isinstance(found, CaseSigner)
     return found
 

@@ -10,49 +10,54 @@ item goes into ``suppressed_recipients`` and gets no further auto-responses.
 from __future__ import annotations
 
 import email
+from dataclasses import dataclass
+from datetime import datetime
 from email.message import Message
 from email.policy import compat32
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from emaild.correlation.bounce import SCAN_BYTES, embedded_message_ids
 from emaild.outbox.queue import SENT, suppress
 from emaild.store.models import OutboxItem
 
-if TYPE_CHECKING:
-    from emaild.pipeline.context import IngestContext
-
-STAGE = "autorespond"
 _NOT_FAILURES = {"delayed", "delivered", "relayed", "expanded"}
 
 
-def record_bounce(ctx: IngestContext) -> list[str]:
-    """Suppress the recipients of our messages this bounce reports as failed; returns them."""
-    cls = ctx.classification
-    if cls is None or not cls.is_bounce or ctx.session is None or ctx.parsed is None:
-        return []
-    ids = embedded_message_ids(ctx.raw)
+@dataclass(frozen=True)
+class BounceEffect:
+    """What a bounce of our mail changed: the recipients now suppressed, or why none."""
+
+    suppressed: tuple[str, ...] = ()
+    outbox_id: int | None = None
+    # The report's actions when none of them is a failure (delayed, delivered...).
+    not_failures: tuple[str, ...] = ()
+
+
+def record_bounce(
+    session: Session, raw: bytes, *, bounce_message_id: str, now: datetime
+) -> BounceEffect:
+    """Suppress the recipients of our messages this bounce reports as failed."""
+    ids = embedded_message_ids(raw)
     if not ids:
-        return []
+        return BounceEffect()
     ours = list(
-        ctx.session.scalars(
+        session.scalars(
             select(OutboxItem).where(OutboxItem.message_id.in_(ids), OutboxItem.status == SENT)
         )
     )
     if not ours:
-        return []
-    actions = dsn_actions(ctx.raw)
+        return BounceEffect()
+    actions = dsn_actions(raw)
     if actions and actions <= _NOT_FAILURES:
-        ctx.decide(STAGE, "bounce is not a failure", actions=sorted(actions))
-        return []
+        return BounceEffect(not_failures=tuple(sorted(actions)))
     suppressed = []
     for item in ours:
-        reason = f"bounce {ctx.parsed.message_id or '(no Message-ID)'} of {item.message_id}"
-        suppress(ctx.session, item.rcpt_to, reason, ctx.now)
+        reason = f"bounce {bounce_message_id or '(no Message-ID)'} of {item.message_id}"
+        suppress(session, item.rcpt_to, reason, now)
         suppressed.append(item.rcpt_to)
-    ctx.decide(STAGE, "recipient marked undeliverable", addresses=suppressed, outbox=ours[0].id)
-    return suppressed
+    return BounceEffect(suppressed=tuple(suppressed), outbox_id=ours[0].id)
 
 
 def dsn_actions(raw: bytes) -> set[str]:

@@ -37,12 +37,12 @@ import structlog
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from emaild.accept_from import sender_allowed
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp_auth import load_credentials, tls_context, verify_password
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import ConfigError, InputError, TransientError
 from emaild.pipeline import Envelope, IngestResult, Outcome
-from emaild.routing import sender_allowed
 
 if TYPE_CHECKING:
     from emaild.app import App

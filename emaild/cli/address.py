@@ -267,9 +267,7 @@ def release_cmd(ctx: Context, address: str | None) -> None:
 
     Normally automatic on verification; this runs what is left, e.g. after a crash.
     """
-    from emaild.verification.release import release_held
-
-    released = release_held(ctx.app().pipeline, address)
+    released = ctx.app().pipeline.release_held(address)
     _print_released(released)
 
 

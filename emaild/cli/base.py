@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from emaild.config import Config, config_path_from, load_config
 from emaild.errors import EmaildError
+
+if TYPE_CHECKING:  # imported when a command opens it: ``--version`` and ``--help`` stay fast
+    from emaild.app import App
 
 
 class Context:
@@ -19,7 +22,7 @@ class Context:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self._config: Config | None = None
-        self._app: Any = None
+        self._app: App | None = None
 
     @property
     def config(self) -> Config:
@@ -37,7 +40,7 @@ class Context:
 
             logs.configure("error", self.config.logging.format)
 
-    def app(self) -> Any:
+    def app(self) -> App:
         if self._app is None:
             from emaild.app import App
 

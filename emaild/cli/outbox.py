@@ -64,7 +64,7 @@ def retry_cmd(ctx: Context, item_ids: tuple[int, ...], retry_all: bool) -> None:
     Sent items are never sent again. The daemon (or ``emaild outbox flush``)
     delivers them.
     """
-    from emaild.outbox.delivery import utcnow
+    from emaild.clock import utcnow
     from emaild.outbox.queue import requeue
 
     if not item_ids and not retry_all:

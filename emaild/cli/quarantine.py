@@ -24,7 +24,7 @@ def list_cmd(ctx: Context, show_all: bool, as_json: bool) -> None:
     """List quarantined messages (held ones unless --all)."""
     from emaild.quarantine import list_entries
 
-    rows = list_entries(ctx.app().pipeline, None if show_all else "held")
+    rows = list_entries(ctx.app().db, None if show_all else "held")
     if as_json:
         echo_json(rows)
         return
@@ -55,7 +55,7 @@ def show_cmd(ctx: Context, entry_id: int, raw: bool, as_json: bool) -> None:
     from emaild.quarantine import entry_json, get_entry
 
     app = ctx.app()
-    entry = get_entry(app.pipeline, entry_id)
+    entry = get_entry(app.db, entry_id)
     if entry is None:
         click.echo(f"emaild: no quarantine entry {entry_id}", err=True)
         sys.exit(EX_NOINPUT)
@@ -97,7 +97,7 @@ def retry_cmd(ctx: Context, entry_ids: tuple[int, ...], retry_all: bool, release
     app = ctx.app()
     ids = list(entry_ids)
     if retry_all:
-        ids = [r["id"] for r in list_entries(app.pipeline, "held")]
+        ids = [r["id"] for r in list_entries(app.db, "held")]
     if not ids:
         click.echo("emaild: nothing to retry (name entry ids or use --all)", err=True)
         sys.exit(EX_NOINPUT)

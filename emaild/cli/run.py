@@ -20,13 +20,28 @@ def run_cmd(ctx: Context) -> None:
     EMAILD_SMTP_LISTEN) and LMTP on smtp.lmtp_listen (env EMAILD_LMTP_LISTEN),
     or on the sockets systemd passes (socket activation).
     """
-    from emaild.daemon import Daemon
+    from emaild.channels.imap.component import imap_component
+    from emaild.daemon import ComponentFactory, Daemon
+    from emaild.outbox.component import outbox_component
     from emaild.systemd import listen_fds
+    from emaild.verification.release import ReleaseJob
+
+    # What runs beside the listeners, in start order.
+    components: tuple[ComponentFactory, ...] = (
+        outbox_component,
+        lambda app: ReleaseJob(app.pipeline.release_held),
+        imap_component,
+    )
 
     app = ctx.app()
     # Taken (and removed from the environment) before anything else can fork.
     sockets = listen_fds(os.environ)
-    daemon = Daemon(app, config_path=config_path_from(ctx.config_path, os.environ), sockets=sockets)
+    daemon = Daemon(
+        app,
+        config_path=config_path_from(ctx.config_path, os.environ),
+        sockets=sockets,
+        components=components,
+    )
     sys.exit(daemon.run())
 
 

@@ -1,6 +1,6 @@
 """Threading: which case an inbound message belongs to, and the tokens that tell.
 
-- ``tokens``: ``CaseSigner`` (``pipeline.services["signer"]``): signed
+- ``tokens``: ``CaseSigner`` (``pipeline.services.signer``): signed
   Message-IDs, subject and body tokens for outgoing mail, and reading them back.
 - ``match``: the matching order and the closed-case policy (``correlate``,
   called by ``CorrelateStage``).

@@ -12,7 +12,7 @@ places, each configurable under ``[threading]``:
   e.g. ``ref:1234.thread.8f0c...:ref``.
 
 Public API (outgoing mail, issue 7, uses these through
-``pipeline.services["signer"]``, a ``CaseSigner``):
+``pipeline.services.signer``, a ``CaseSigner``):
 
 - ``signer.message_id(case_id)``: a fresh, unique, signed Message-ID.
 - ``signer.subject_token(case_id)``: the exact subject token ("" when

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from emaild.component import Host
 from emaild.errors import EmaildError
 from emaild.outbox.delivery import deliver_due
 
 if TYPE_CHECKING:
     from emaild.app import App
-    from emaild.daemon import Daemon
 
 log = structlog.get_logger("emaild.outbox")
 
@@ -34,14 +34,14 @@ class OutboxComponent:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.daemon: Daemon | None = None
+        self.host: Host | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def start(self, daemon: Daemon) -> None:
+    async def start(self, host: Host) -> None:
         """Add the delivery job; the first run is immediate (items left from before a restart)."""
-        self.daemon = daemon
-        daemon.scheduler.add_job(
+        self.host = host
+        host.scheduler.add_job(
             self.run_once,
             "interval",
             seconds=self.app.config.relay.flush_interval_seconds,
@@ -53,10 +53,10 @@ class OutboxComponent:
 
     async def run_once(self) -> None:
         """One delivery run in the worker pool; errors are logged, never raised."""
-        assert self.daemon is not None
+        assert self.host is not None
         self._idle.clear()
         try:
-            await self.daemon.run_sync(deliver_due, self.app)
+            await self.host.run_sync(deliver_due, self.app)
         except EmaildError as exc:  # the database is down: the next run tries again
             log.warning("outbox.run_failed", error=str(exc))
         except Exception as exc:
@@ -66,8 +66,8 @@ class OutboxComponent:
 
     async def stop(self) -> None:
         """Remove the job and wait for a run in progress (the daemon bounds the wait)."""
-        if self.daemon is not None:
-            scheduler: Any = self.daemon.scheduler
+        if self.host is not None:
+            scheduler: Any = self.host.scheduler
             if scheduler.get_job(JOB_ID) is not None:
                 scheduler.remove_job(JOB_ID)
         await self._idle.wait()

@@ -28,7 +28,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from emaild.clock import utcnow
 from emaild.outbox import queue
 from emaild.outbox.relay import DeliveryFailed, RelaySession, RelayUnavailable
 from emaild.store.models import Message
@@ -47,10 +48,6 @@ log = structlog.get_logger("emaild.outbox")
 
 # Ids fetched per query; a run walks the queue in id order, each item once.
 BATCH = 200
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

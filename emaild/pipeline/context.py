@@ -1,8 +1,7 @@
-"""What flows through the pipeline: the envelope in, the context, the outcome out."""
+"""What flows through the pipeline: the context one message carries from stage to stage."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,72 +9,30 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from emaild import quarantine
 from emaild.config import Config, RoutingAddress
+from emaild.intake import Envelope, IngestResult, Outcome, OutcomeTally
+from emaild.rules.fields import CaseFields
+from emaild.services import Services
 
 if TYPE_CHECKING:
     from emaild.classify import Classification
     from emaild.mime.parse import ParsedMessage
-    from emaild.pipeline.core import Pipeline
     from emaild.store.models import Case, Message
 
+__all__ = [
+    "CaseFields",
+    "Decision",
+    "Envelope",
+    "IngestContext",
+    "IngestResult",
+    "Outcome",
+    "OutcomeTally",
+    "StoredRow",
+]
 
-@dataclass(frozen=True)
-class Envelope:
-    """Transport facts a channel knows about a message."""
-
-    channel: str = "pipe"
-    mail_from: str = ""
-    rcpt_to: tuple[str, ...] = ()
-    peer: str = ""
-    # The routing address chosen by the channel (``--to``, a mailbox's address).
-    routing_hint: str = ""
-    # An operator released this message from a policy quarantine (rule or
-    # accept-from): those quarantines no longer apply; everything else does.
-    release: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "channel": self.channel,
-            "mail_from": self.mail_from,
-            "rcpt_to": list(self.rcpt_to),
-            "peer": self.peer,
-            "routing_hint": self.routing_hint,
-            "release": self.release,
-        }
-
-
-class Outcome(enum.Enum):
-    """What became of a message. Every value means it is durably stored."""
-
-    NEW_CASE = "new_case"
-    APPENDED = "appended"
-    DUPLICATE = "duplicate"
-    QUARANTINED = "quarantined"
-    HELD = "held"
-    DROPPED = "dropped"
-    REJECTED = "rejected"
-
-
-@dataclass
-class CaseFields:
-    """Case fields decided by routing defaults, then rules."""
-
-    priority: str = "Medium"
-    origin: str = "Email"
-    owner: str = ""
-    category: str = ""
-    tags: list[str] = field(default_factory=list)
-    auto_response: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "priority": self.priority,
-            "origin": self.origin,
-            "owner": self.owner,
-            "category": self.category,
-            "tags": list(self.tags),
-            "auto_response": self.auto_response,
-        }
+# ``(id, state)`` of the message row stored under a dedup key.
+StoredRow = tuple[int, str]
 
 
 @dataclass
@@ -95,9 +52,12 @@ class IngestContext:
     raw: bytes
     raw_sha256: str
     envelope: Envelope
-    config: Config
-    pipeline: Pipeline
+    services: Services
     now: datetime
+    # A dry run (``emaild rules test``) writes nothing, not even attachment blobs.
+    dry_run: bool = False
+    # Runs in the message's transaction, whatever the outcome (the IMAP cursor).
+    also: Callable[[Session], None] | None = None
     session: Session | None = None
     parsed: ParsedMessage | None = None
     classification: Classification | None = None
@@ -107,22 +67,36 @@ class IngestContext:
     case: Case | None = None
     linked_case_id: int | None = None
     mentioned_number: int | None = None
-    # Set by rules / routing: a terminal disposition other than a case.
+    new_text: str | None = None  # the message's text without quoted history
+    display_subject: str = ""  # the subject without our case tags
+    # Set by rules / routing: a terminal disposition other than a case, and by whom.
     disposition: Outcome | None = None
     disposition_reason: str = ""
+    disposition_stage: str = ""
     # Set by rules: what to do INSTEAD of opening a new case (bounces, auto-replies
     # on their own); a message that threads onto an existing case is appended.
     new_case_disposition: Outcome | None = None
     new_case_reason: str = ""
+    # Set by verify for deduplicate: the row under the message's dedup key.
+    stored_row: StoredRow | None = None
+    stored_row_known: bool = False
+    fingerprint: str = ""  # set by loopdetect: sender, subject and body
+    loop: str = ""  # set by loopdetect: why this message is part of a loop
+    duplicate: bool = False
+    quarantine_id: int | None = None
     message: Message | None = None
     outcome: Outcome | None = None
     trace: list[Decision] = field(default_factory=list)
     stopped: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Run in the message's transaction after the last stage (ctx.message exists),
-    # and after a successful commit (errors there are logged, never raised).
+    # Run in the message's transaction after the last stage (ctx.message exists).
     before_commit: list[Callable[[IngestContext], None]] = field(default_factory=list)
-    after_commit: list[Callable[[IngestContext], None]] = field(default_factory=list)
+    # Addresses verified by this message: their held mail is released once it is
+    # committed, by the pipeline's owner (never from inside a stage).
+    verified_addresses: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
 
     def decide(self, stage: str, decision: str, **evidence: Any) -> None:
         """Record a decision on the message's trace (and so in the database)."""
@@ -133,50 +107,19 @@ class IngestContext:
         self.outcome = outcome
         self.stopped = True
 
+    def held(self, *, stage: str, error: str, reason: str) -> quarantine.Held:
+        """What the quarantine keeps of this message."""
+        return quarantine.Held(
+            channel=self.envelope.channel,
+            reason=reason,
+            stage=stage,
+            error=error,
+            raw_sha256=self.raw_sha256,
+            raw_size=len(self.raw),
+            headers=quarantine.header_block(self.raw),
+            envelope_from=self.envelope.mail_from,
+            envelope_to=self.envelope.rcpt_to,
+        )
+
     def trace_json(self) -> list[dict[str, Any]]:
         return [d.as_json() for d in self.trace]
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """The answer a channel maps to its protocol."""
-
-    outcome: Outcome
-    case_number: int | None = None
-    message_row_id: int | None = None
-    quarantine_id: int | None = None
-    detail: str = ""
-    trace: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def stored(self) -> bool:
-        return self.outcome is not Outcome.REJECTED
-
-
-@dataclass
-class OutcomeTally:
-    """How many messages ended in each outcome: the base of import and poll summaries."""
-
-    cases: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    held: int = 0
-    dropped: int = 0
-    rejected: int = 0
-
-    def count(self, outcome: Outcome) -> None:
-        """Count one outcome."""
-        name = _TALLY_FIELD[outcome]
-        setattr(self, name, getattr(self, name) + 1)
-
-
-_TALLY_FIELD = {
-    Outcome.NEW_CASE: "cases",
-    Outcome.APPENDED: "appended",
-    Outcome.DUPLICATE: "duplicates",
-    Outcome.QUARANTINED: "quarantined",
-    Outcome.HELD: "held",
-    Outcome.DROPPED: "dropped",
-    Outcome.REJECTED: "rejected",
-}

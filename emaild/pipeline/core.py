@@ -13,56 +13,59 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from emaild import quarantine
 from emaild.addresses import AddressBook
 from emaild.config import Config
 from emaild.errors import InputError, TransientError
-from emaild.pipeline.context import Envelope, IngestContext, IngestResult, Outcome
+from emaild.intake import Envelope, IngestResult, Outcome
+from emaild.pipeline.context import IngestContext
 from emaild.pipeline.stages import STAGES, Stage
+from emaild.services import Services
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database, translate_errors
-from emaild.store.models import QuarantineEntry
+from emaild.store.models import Message
 from emaild.store.rows import update_row
+from emaild.verification.release import INLINE_RELEASE_LIMIT, Released, release_held
 
 log = structlog.get_logger("emaild.pipeline")
-# A quarantine entry is the last resort for keeping a message: retry a busy database.
-QUARANTINE_ATTEMPTS = 3
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Pipeline:
     """Parses, decides and stores messages. Thread-safe: one call per message."""
 
     def __init__(
-        self,
-        config: Config,
-        db: Database,
-        blobs: BlobStore,
-        *,
-        stages: Sequence[Stage] = STAGES,
-        clock: Callable[[], datetime] = utcnow,
-        services: dict[str, Any] | None = None,
+        self, services: Services, db: Database, *, stages: Sequence[Stage] = STAGES
     ) -> None:
-        self.config = config
+        # Swapped whole on reload (``App.reload``): a message sees one or the other.
+        self.services = services
         self.db = db
-        self.blobs = blobs
         self.stages = tuple(stages)
-        self.clock = clock
-        # Collaborators later stages need (rule set, templates, signer...), by name.
-        self.services: dict[str, Any] = dict(services or {})
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.services.blobs
+
+    @property
+    def addresses(self) -> AddressBook:
+        """The address book (config-declared and managed routing addresses)."""
+        return self.services.addresses
+
+    def clock(self) -> datetime:
+        return self.services.clock()
 
     def ingest(
         self,
@@ -78,31 +81,31 @@ class Pipeline:
         ``TransientError`` when storage is unavailable (the caller must not
         acknowledge) and ``InputError`` for input that is not mail at all.
         ``also`` runs in the same transaction just before commit, whatever the
-        outcome (the IMAP poller advances its cursor there).
+        outcome (the IMAP poller advances its cursor there). With ``store``
+        false nothing is written (``emaild rules test``).
         """
         if not raw or raw.isspace():  # strip() would copy a 35 MB message
             raise InputError("empty message")
-        limit = self.config.limits.max_message_bytes
+        services = self.services  # one configuration for the whole message
+        limit = services.config.limits.max_message_bytes
         if len(raw) > limit:
             raise InputError(f"message is {len(raw)} bytes, over the {limit} byte limit")
         if store:
-            raw_sha, _ = self.blobs.put(raw)
+            raw_sha, _ = services.blobs.put(raw)
         else:
             raw_sha = hashlib.sha256(raw).hexdigest()
         ctx = IngestContext(
             raw=raw,
             raw_sha256=raw_sha,
             envelope=envelope,
-            config=self.config,
-            pipeline=self,
-            now=self.clock(),
+            services=services,
+            now=services.clock(),
+            dry_run=not store,
+            also=also,
         )
-        ctx.extra["also"] = also
-        # A dry run (``emaild rules test``) writes nothing, not even attachment blobs.
-        ctx.extra["dry_run"] = not store
-        bound = log.bind(channel=envelope.channel, peer=envelope.peer, raw_sha256=raw_sha[:16])
         if not store:
             return self._dry_run(ctx)
+        bound = log.bind(channel=envelope.channel, peer=envelope.peer, raw_sha256=raw_sha[:16])
         try:
             result = self._run(ctx)
         except TransientError as exc:
@@ -118,13 +121,11 @@ class Pipeline:
         bound.info("ingest.stored", outcome=result.outcome.value)
         return result
 
-    @property
-    def addresses(self) -> AddressBook:
-        """The address book (config-declared and managed routing addresses)."""
-        book = self.services.get("addresses")
-        if book is None:
-            book = self.services["addresses"] = AddressBook(self.config, self.db)
-        return book
+    def release_held(
+        self, address: str | None = None, *, limit: int | None = None
+    ) -> list[Released]:
+        """Run held mail of verified addresses (or just ``address``) through the pipeline."""
+        return release_held(self.ingest, self.db, self.blobs, self.addresses, address, limit=limit)
 
     # ------------------------------------------------------------------
     def _run(self, ctx: IngestContext) -> IngestResult:
@@ -139,7 +140,7 @@ class Pipeline:
             _run_stage(stage, ctx)
             if ctx.stopped:
                 break
-        if remaining or ctx.extra.get("also") is not None:
+        if remaining or ctx.also is not None:
             try:
                 self.db.transact(functools.partial(self._transaction, ctx, remaining))
             except IntegrityError as exc:
@@ -149,19 +150,20 @@ class Pipeline:
                 if duplicate is not None:
                     return duplicate
                 raise _StageFailed("persist", exc) from exc
-        # Follow-up work (releasing held mail on verification) runs once the message
-        # is durably stored; its failure must not turn a stored message into a retry.
-        for hook in ctx.after_commit:
+        # Held mail of an address this message verified is released once the
+        # message is durably stored; its failure must not turn a stored message
+        # into a retry.
+        for address in ctx.verified_addresses:
             try:
-                hook(ctx)
+                self.addresses.invalidate()
+                self.release_held(address, limit=INLINE_RELEASE_LIMIT)
             except Exception as exc:
-                log.error("ingest.after_commit_failed", error=f"{type(exc).__name__}: {exc}")
-        outcome = ctx.outcome or Outcome.NEW_CASE
+                log.error("ingest.release_failed", error=f"{type(exc).__name__}: {exc}")
         return IngestResult(
-            outcome=outcome,
+            outcome=ctx.outcome or Outcome.NEW_CASE,
             case_number=ctx.case.id if ctx.case is not None else None,
             message_row_id=ctx.message.id if ctx.message is not None else None,
-            quarantine_id=ctx.extra.get("quarantine_id"),
+            quarantine_id=ctx.quarantine_id,
             detail=ctx.disposition_reason,
             trace=tuple(ctx.trace_json()),
         )
@@ -177,12 +179,11 @@ class Pipeline:
                     break
             for hook in ctx.before_commit:
                 _guarded("before_commit", hook, ctx)
-            if ctx.message is not None and not ctx.extra.get("duplicate"):
+            if ctx.message is not None and not ctx.duplicate:
                 update_row(session, ctx.message, decision_trace=ctx.trace_json())
-            also = ctx.extra.get("also")
-            if also is not None:
+            if ctx.also is not None:
                 with translate_errors():
-                    also(session)
+                    ctx.also(session)
         finally:
             ctx.session = None
 
@@ -208,8 +209,6 @@ class Pipeline:
 
     def _duplicate_after_race(self, ctx: IngestContext) -> IngestResult | None:
         """The copy a concurrent writer committed first, if that is what collided."""
-        from emaild.store.models import Message
-
         if ctx.parsed is None:
             return None
         key = ctx.parsed.dedup_key
@@ -234,9 +233,8 @@ class Pipeline:
             error=detail,
             traceback="".join(traceback.format_exception(error))[-4000:],
         )
-        entry_id = record_quarantine(
-            self.db, ctx, stage=stage, error=detail, reason="error", also=ctx.extra.get("also")
-        )
+        held = ctx.held(stage=stage, error=detail, reason="error")
+        entry_id = quarantine.record(self.db, held, ctx.now, also=ctx.also)
         return IngestResult(
             Outcome.QUARANTINED,
             quarantine_id=entry_id,
@@ -273,85 +271,6 @@ def _guarded(name: str, call: Callable[[IngestContext], None], ctx: IngestContex
 
 
 def _is_database_outage(exc: Exception) -> bool:
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
     return isinstance(exc, OperationalError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     )
-
-
-def record_quarantine(
-    db: Database,
-    ctx: IngestContext,
-    *,
-    stage: str,
-    error: str,
-    reason: str,
-    headers: str = "",
-    also: Callable[[Session], None] | None = None,
-) -> int:
-    """Keep the message in quarantine; the same held raw bytes are one entry.
-
-    ``also`` runs in the same transaction (the IMAP cursor moves on with it).
-    """
-
-    def work(session: Session) -> int:
-        if also is not None:
-            also(session)
-        return add_quarantine_entry(
-            session, ctx, stage=stage, error=error, reason=reason, headers=headers
-        )
-
-    for attempt in range(QUARANTINE_ATTEMPTS):
-        try:
-            return db.transact(work)
-        except TransientError:
-            if attempt + 1 >= QUARANTINE_ATTEMPTS:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def add_quarantine_entry(
-    session: Session, ctx: IngestContext, *, stage: str, error: str, reason: str, headers: str = ""
-) -> int:
-    """Add (or count another attempt on) the held entry for ``ctx``'s raw bytes in ``session``.
-
-    Used inside the message's own transaction when a rule quarantines it.
-    """
-    existing = session.scalars(
-        select(QuarantineEntry).where(
-            QuarantineEntry.raw_sha256 == ctx.raw_sha256, QuarantineEntry.status == "held"
-        )
-    ).first()
-    if existing is not None:
-        existing.attempts += 1
-        existing.last_attempt_at = ctx.now
-        existing.error = error
-        existing.stage = stage
-        return existing.id
-    entry = QuarantineEntry(
-        created_at=ctx.now,
-        channel=ctx.envelope.channel,
-        envelope_from=ctx.envelope.mail_from,
-        envelope_to=list(ctx.envelope.rcpt_to),
-        raw_sha256=ctx.raw_sha256,
-        raw_size=len(ctx.raw),
-        reason=reason,
-        stage=stage,
-        error=error[:10000],
-        status="held",
-        last_attempt_at=ctx.now,
-        headers=headers or _header_block(ctx.raw),
-    )
-    session.add(entry)
-    session.flush()
-    return entry.id
-
-
-def _header_block(raw: bytes) -> str:
-    end = raw.find(b"\r\n\r\n")
-    if end == -1:
-        end = raw.find(b"\n\n")
-    block = raw[: end if end != -1 else 16384][:16384]
-    return block.decode("utf-8", "replace")

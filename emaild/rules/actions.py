@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emaild.config import PRIORITIES
-from emaild.rules.model import RuleProblem
+from emaild.rules.problem import RuleProblem
 
 ACTIONS: dict[str, str] = {
     "priority": "case priority: " + ", ".join(PRIORITIES),

@@ -21,7 +21,8 @@ from typing import Any
 import regex
 
 from emaild.rules.facts import FLAGS, NUMBER_FIELDS, TEXT_FIELDS, MessageFacts
-from emaild.rules.model import Condition, RuleProblem
+from emaild.rules.model import Condition
+from emaild.rules.problem import RuleProblem
 
 TEXT_OPERATORS = ("equals", "in", "contains", "starts_with", "ends_with", "regex")
 NUMBER_OPERATORS = ("equals", "greater_than", "less_than")

@@ -15,10 +15,10 @@ import heapq
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from emaild.rules.fields import CaseFields
 from emaild.rules.model import Match, Rule
 
 if TYPE_CHECKING:
-    from emaild.pipeline.context import CaseFields
     from emaild.rules.facts import MessageFacts
 
 FIELD_ACTIONS = ("priority", "origin", "owner", "category", "auto_response")

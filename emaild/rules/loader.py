@@ -18,7 +18,8 @@ from emaild.errors import ConfigError
 from emaild.rules.actions import parse_actions
 from emaild.rules.conditions import combine, compile_group
 from emaild.rules.engine import RuleSet
-from emaild.rules.model import Condition, Loc, Rule, RuleProblem
+from emaild.rules.model import Condition, Rule
+from emaild.rules.problem import Loc, RuleProblem
 from emaild.tomlsource import TomlSource
 
 RULE_KEYS = ("name", "description", "enabled", "all", "any", "actions")

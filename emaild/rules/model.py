@@ -1,4 +1,4 @@
-"""The shapes of the rules engine: a rule, a compiled condition, a problem found at load."""
+"""The shapes of the rules engine: a rule, a compiled condition, a match."""
 
 from __future__ import annotations
 
@@ -6,27 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from emaild.rules.actions import Actions
+
 if TYPE_CHECKING:
-    from emaild.rules.actions import Actions
     from emaild.rules.facts import MessageFacts
-
-Loc = tuple[str | int, ...]
-
-
-class RuleProblem(Exception):
-    """A mistake in one rule; ``loc`` is the path to it inside the rule's table.
-
-    The loader turns it into ``file:line: rule 'name': problem``.
-    """
-
-    def __init__(self, problem: str, loc: Loc = ()) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.loc = loc
-
-    def within(self, *prefix: str | int) -> RuleProblem:
-        """The same problem, located under ``prefix``."""
-        return RuleProblem(self.problem, (*prefix, *self.loc))
 
 
 @dataclass(frozen=True, slots=True)

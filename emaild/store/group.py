@@ -26,15 +26,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from emaild.errors import TransientError
-
-if TYPE_CHECKING:
-    from emaild.store.database import Database
 
 T = TypeVar("T")
 # A bound on one transaction's size; the pipeline's worker pool bounds it anyway.
@@ -58,10 +56,20 @@ class _Unit(Generic[T]):
         return self.value  # type: ignore[return-value]
 
 
+class Writer(Protocol):
+    """What group commit needs of the database (``Database`` is one)."""
+
+    sessions: sessionmaker[Session]
+
+    def serial_writes(self) -> AbstractContextManager[None]:
+        """Hold the process-wide write turn."""
+        ...
+
+
 class GroupCommit:
     """Runs units of work from many threads in shared, savepointed transactions."""
 
-    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, db: Writer, *, max_batch: int = MAX_BATCH) -> None:
         self.db = db
         self.max_batch = max_batch
         self._mutex = threading.Lock()

@@ -14,9 +14,9 @@ from emaild.errors import InputError
 from emaild.outbox import enqueue
 from emaild.store.models import ManagedAddress, Message, OutboxItem, VerificationToken
 from emaild.verification.outgoing import verification_message
-from emaild.verification.release import Released, held_counts, release_held
+from emaild.verification.release import Released, held_counts
 from emaild.verification.state import mark_verified
-from emaild.verification.tokens import VERIFY, TokenCheck, issue, signer_for, use
+from emaild.verification.tokens import VERIFY, TokenCheck, issue, use
 
 if TYPE_CHECKING:
     from emaild.app import App
@@ -162,12 +162,12 @@ def request_verification(app: App, address: str) -> VerificationRequest:
     routing = entry.routing
     now = utc_now(app)
     ttl = timedelta(hours=app.config.verification.token_ttl_hours)
-    signer = app.services["signer"]
+    signer = app.services.signer
 
     def work(session: Session) -> VerificationRequest:
         token, row = issue(
             session,
-            signer_for(app.services, app.config),
+            app.services.tokens,
             address=routing.address,
             purpose=VERIFY,
             now=now,
@@ -212,7 +212,7 @@ class Confirmation:
 def confirm(app: App, address: str, token: str) -> Confirmation:
     """Verify ``address`` with a token from its verification mail, then release held mail."""
     now = utc_now(app)
-    signer = signer_for(app.services, app.config)
+    signer = app.services.tokens
 
     def work(session: Session) -> tuple[str, TokenCheck, bool]:
         row = managed_row(session, app.config, address)
@@ -226,7 +226,7 @@ def confirm(app: App, address: str, token: str) -> Confirmation:
     if not check.ok:
         raise InputError(f"{canonical} not verified: token is {check.verdict.value}")
     app.pipeline.addresses.invalidate()
-    released = release_held(app.pipeline, canonical)
+    released = app.pipeline.release_held(canonical)
     return Confirmation(canonical, check, newly, released)
 
 

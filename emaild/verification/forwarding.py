@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from emaild.accept_from import sender_allowed
 from emaild.errors import InputError, TransientError
 from emaild.outbox import enqueue
-from emaild.routing import sender_allowed
 from emaild.store.models import ChannelStatus, Message, QuarantineEntry, VerificationToken
 from emaild.verification.admin import deliver_now, utc_now
 from emaild.verification.outgoing import forwarding_test_message
-from emaild.verification.screen import TEST_HEADER
-from emaild.verification.tokens import FORWARDING, find_tokens, issue, signer_for, token_hash
+from emaild.verification.tokens import FORWARDING, TEST_HEADER, find_tokens, issue, token_hash
 
 if TYPE_CHECKING:
     from emaild.app import App
@@ -104,12 +103,12 @@ def run_forwarding_test(
     report = ForwardingReport(address=routing.address, relay=relay)
     now = utc_now(app)
     ttl = timedelta(hours=app.config.verification.token_ttl_hours)
-    domain = app.services["signer"].domain
+    domain = app.services.signer.domain
 
     def queue(session: Session) -> tuple[int, int]:
         token, row = issue(
             session,
-            signer_for(app.services, app.config),
+            app.services.tokens,
             address=routing.address,
             purpose=FORWARDING,
             now=now,

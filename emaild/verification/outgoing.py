@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
 
 from emaild.config import RoutingAddress
-from emaild.verification.screen import TEST_HEADER, VERIFY_HEADER
+from emaild.verification.tokens import TEST_HEADER, VERIFY_HEADER
 
 
 def verification_message(

@@ -9,23 +9,28 @@ leaves the message held (and released on the next pass), never lost or doubled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select
 
+from emaild.addresses import AddressBook
+from emaild.component import Host
 from emaild.errors import EmaildError
-from emaild.pipeline.context import Envelope, IngestResult
+from emaild.intake import Envelope, Ingest, IngestResult
+from emaild.store.blobs import BlobStore
+from emaild.store.database import Database
 from emaild.store.models import ManagedAddress, Message
-
-if TYPE_CHECKING:
-    from emaild.app import App
-    from emaild.pipeline.core import Pipeline
 
 log = structlog.get_logger("emaild.verification")
 
 HELD = "held"
+# Held messages released right after a verification arrives; the rest are
+# released by the daemon's release job, so a big backlog never delays the
+# answer to the channel that delivered the verification mail.
+INLINE_RELEASE_LIMIT = 100
 # The daemon's safety net: held mail of verified addresses that the inline
 # release did not get to (a crash right after verification, a big backlog).
 RELEASE_JOB_SECONDS = 60.0
@@ -51,12 +56,11 @@ def held_counts(session: Any) -> dict[str, int]:
     return {str(address): int(n) for address, n in rows}
 
 
-def _verified_addresses(pipeline: Pipeline) -> set[str]:
+def _verified_addresses(db: Database, book: AddressBook) -> set[str]:
     """Addresses verified now, by the database (the book's cache may be stale)."""
-    book = pipeline.addresses
     book.invalidate()
     verified = {e.address for e in book.entries() if e.source == "config"}
-    with pipeline.db.session() as session:
+    with db.session() as session:
         verified |= set(
             session.scalars(
                 select(ManagedAddress.address).where(ManagedAddress.verified_at.is_not(None))
@@ -66,19 +70,25 @@ def _verified_addresses(pipeline: Pipeline) -> set[str]:
 
 
 def release_held(
-    pipeline: Pipeline, address: str | None = None, *, limit: int | None = None
+    ingest: Ingest,
+    db: Database,
+    blobs: BlobStore,
+    book: AddressBook,
+    address: str | None = None,
+    *,
+    limit: int | None = None,
 ) -> list[Released]:
-    """Run held mail of verified addresses (or just ``address``) through the pipeline.
+    """Run held mail of verified addresses (or just ``address``) through ``ingest``.
 
     Oldest first; at most ``limit`` messages. Messages of addresses that are
     still unverified are left alone. One message failing (quarantined, or its
     raw blob missing) does not stop the others.
     """
-    with pipeline.db.session() as session:
+    with db.session() as session:
         waiting = set(held_counts(session))
     if address is not None:
         waiting &= {address.lower()}
-    verified = waiting & _verified_addresses(pipeline) if waiting else set()
+    verified = waiting & _verified_addresses(db, book) if waiting else set()
     if not verified:
         return []
     query = (
@@ -95,11 +105,11 @@ def release_held(
     )
     if limit is not None:
         query = query.limit(limit)
-    with pipeline.db.session() as session:
+    with db.session() as session:
         rows = list(session.execute(query))
     released: list[Released] = []
     for row_id, sha, channel, mail_from, rcpt_to, routing in rows:
-        if not pipeline.blobs.exists(sha):
+        if not blobs.exists(sha):
             log.error("verification.release_missing_raw", held_row=row_id, raw_sha256=sha)
             released.append(Released(row_id, "missing", None, f"raw message {sha} is missing"))
             continue
@@ -110,7 +120,7 @@ def release_held(
             routing_hint=routing,
         )
         try:
-            result: IngestResult = pipeline.ingest(pipeline.blobs.read(sha), envelope)
+            result: IngestResult = ingest(blobs.read(sha), envelope)
         except EmaildError as exc:
             # Storage trouble: stop here; what is left stays held for the next pass.
             log.warning("verification.release_stopped", held_row=row_id, error=str(exc))
@@ -130,16 +140,16 @@ class ReleaseJob:
 
     name = "verification.release"
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, release: Callable[[], object]) -> None:
+        self.release = release
 
-    async def start(self, daemon: Any) -> None:
+    async def start(self, host: Host) -> None:
         """Add the job to the daemon's scheduler; the work runs in its worker pool."""
 
         async def tick() -> None:
-            await daemon.run_sync(release_held, self.app.pipeline)
+            await host.run_sync(self.release)
 
-        daemon.scheduler.add_job(
+        host.scheduler.add_job(
             tick,
             "interval",
             seconds=RELEASE_JOB_SECONDS,
@@ -150,8 +160,3 @@ class ReleaseJob:
 
     async def stop(self) -> None:
         """Nothing to stop: the scheduler stops with the daemon."""
-
-
-def release_component(app: App) -> ReleaseJob:
-    """``COMPONENTS`` factory for the daemon."""
-    return ReleaseJob(app)

@@ -28,8 +28,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from emaild.config import Config
-from emaild.correlation.tokens import load_signer
 from emaild.store.models import VerificationToken
 
 VERIFY = "verify"
@@ -45,6 +43,11 @@ TOKEN_PATTERN = re.compile(
     rf"emaild-(verify|fwdtest)-([0-9a-f]{{{NONCE_HEX}}})-([0-9a-f]{{{MAC_HEX}}})",
     re.IGNORECASE,
 )
+# Every token starts with this (``TOKEN_PATTERN``, matched ignoring case).
+TOKEN_MARK = "emaild-"
+# Our headers on verification and forwarding-test mail.
+VERIFY_HEADER = "X-Emaild-Verify"
+TEST_HEADER = "X-Emaild-Test"
 # A domain separator: the same secret also signs case references (correlation.tokens).
 _KEY_LABEL = b"emaild address verification token v1"
 
@@ -75,17 +78,16 @@ class TokenSigner:
         return hmac.compare_digest(mac, self._mac(purpose, address, nonce))
 
 
-def signer_for(services: dict[str, Any], config: Config) -> TokenSigner:
-    """The token signer, keyed from the case signer's secret (``services["signer"]``)."""
-    signer = services.get("signer")
-    if signer is None:
-        signer = services["signer"] = load_signer(config)
-    return TokenSigner(signer.secret)
-
-
 def token_hash(token: str) -> str:
     """What the database stores: the SHA-256 of the (lower-cased) token."""
     return hashlib.sha256(token.strip().lower().encode("ascii", "replace")).hexdigest()
+
+
+def may_carry_token(text: str) -> bool:
+    """False only if ``TOKEN_PATTERN`` cannot match ``text`` (a cheap test first)."""
+    low = text.lower()
+    # re's IGNORECASE also takes dotless "ı" and "İ" (lower: "i" + U+0307) for "i".
+    return TOKEN_MARK in low or "\u0131" in low or "\u0307" in low
 
 
 def find_tokens(texts: Iterable[str]) -> list[str]:

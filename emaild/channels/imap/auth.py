@@ -29,6 +29,7 @@ import structlog
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from emaild.clock import utcnow
 from emaild.config import MailboxConfig
 from emaild.errors import ConfigError
 
@@ -53,10 +54,6 @@ class AccessToken:
 
     value: str
     expires_at: datetime | None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Credentials:

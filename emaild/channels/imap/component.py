@@ -15,10 +15,10 @@ import structlog
 from emaild.channels.imap.connection import describe
 from emaild.channels.imap.idle import IdleWatcher
 from emaild.channels.imap.worker import MailboxWorker
+from emaild.component import Host
 
 if TYPE_CHECKING:
     from emaild.app import App
-    from emaild.daemon import Daemon
 
 log = structlog.get_logger("emaild.imap")
 
@@ -45,12 +45,12 @@ class ImapComponent:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, daemon: Daemon) -> None:
+    async def start(self, host: Host) -> None:
         """Schedule each mailbox's poll (first one now) and start the IDLE watchers."""
         self.loop = asyncio.get_running_loop()
         for worker in self.workers:
             box = worker.box
-            daemon.scheduler.add_job(
+            host.scheduler.add_job(
                 self._poll,
                 "interval",
                 args=[worker, False],

@@ -14,7 +14,7 @@ import structlog
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from emaild.channels.imap.auth import Credentials, MailboxProblem, utcnow
+from emaild.channels.imap.auth import Credentials, MailboxProblem
 from emaild.channels.imap.connection import (
     ImapUnavailable,
     close_quietly,
@@ -26,6 +26,7 @@ from emaild.channels.imap.worker import (
     BACKOFF_MAX_SECONDS,
     ERROR_AFTER_FAILURES,
 )
+from emaild.clock import utcnow
 from emaild.config import MailboxConfig
 
 log = structlog.get_logger("emaild.imap")

@@ -35,7 +35,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from emaild.channels.imap.auth import Credentials, MailboxProblem, utcnow
+from emaild.channels.imap.auth import Credentials, MailboxProblem
 from emaild.channels.imap.connection import (
     ImapUnavailable,
     close_quietly,
@@ -45,6 +45,7 @@ from emaild.channels.imap.connection import (
 )
 from emaild.channels.imap.notices import too_large_notice
 from emaild.classify import classify
+from emaild.clock import utcnow
 from emaild.config import MailboxConfig
 from emaild.errors import InputError, TransientError
 from emaild.mime.parse import ParsedMessage, parse_message

@@ -1,4 +1,4 @@
-"""The pipeline's ``verify`` stage: control mail, hold and release.
+"""``verify``: control mail, hold and release.
 
 Runs inside the message's transaction, before deduplication:
 
@@ -16,6 +16,9 @@ Runs inside the message's transaction, before deduplication:
    it again, or the same mail arriving anew) releases that copy: the held
    row gives way, in this same transaction, to the message as processed now,
    keeping its original arrival time.
+
+Once a verification is committed, the pipeline releases the address's held
+mail (``ctx.verified_addresses``); the stage never calls back into it.
 """
 
 from __future__ import annotations
@@ -32,28 +35,19 @@ from emaild.store.rows import stored_with_key
 from emaild.verification.state import mark_verified, verified_in_session
 from emaild.verification.tokens import (
     FORWARDING,
+    TEST_HEADER,
     VERIFY,
+    VERIFY_HEADER,
     TokenCheck,
     find_tokens,
-    signer_for,
+    may_carry_token,
     use,
 )
 
 log = structlog.get_logger("emaild.verification")
 
-VERIFY_HEADER = "X-Emaild-Verify"
-# Every token starts with this (tokens.TOKEN_PATTERN, matched ignoring case).
-TOKEN_MARK = "emaild-"
-# ctx.extra key: ``(id, state)`` of the row stored under the message's dedup key
-# (None: no row), looked up by this stage for the deduplicate stage.
-STORED_ROW = "stored_row"
-TEST_HEADER = "X-Emaild-Test"
 # A hostile message could carry thousands of token-shaped strings; look at a few.
 MAX_TOKENS = 5
-# Held messages released right after a verification arrives; the rest are
-# released by the daemon's release job, so a big backlog never delays the
-# answer to the channel that delivered the verification mail.
-INLINE_RELEASE_LIMIT = 100
 
 
 def token_sources(parsed: ParsedMessage) -> list[str]:
@@ -67,39 +61,41 @@ def token_sources(parsed: ParsedMessage) -> list[str]:
     ]
 
 
-def screen(ctx: IngestContext, stage: str) -> None:
-    """Record control mail, hold mail for unverified addresses, release held copies."""
-    assert ctx.parsed is not None and ctx.session is not None and ctx.routing is not None
-    sources = token_sources(ctx.parsed)
-    # Nearly all mail carries no token: a substring test rules it out cheaply.
-    if any(_may_carry_token(text) for text in sources if text):
-        tokens = find_tokens(sources)
-        if tokens and _control_message(ctx, stage, tokens[:MAX_TOKENS]):
-            return
-    address = ctx.routing.address
-    if verified_in_session(ctx.session, ctx.pipeline.addresses, address):
-        _release_held_copy(ctx, stage)
-    elif ctx.disposition is not None:
-        return  # already kept without a case: a rule or accept_from decided
-    elif ctx.config.verification.hold_unverified:
-        ctx.disposition = Outcome.HELD
-        ctx.disposition_reason = f"routing address {address} is not verified yet"
-        ctx.decide(stage, "held", address=address, reason="address not verified")
-    else:
-        ctx.decide(stage, "not held", address=address, reason="hold_unverified is false")
+class VerifyStage:
+    name = "verify"
+    description = (
+        "mail carrying a verification or forwarding-test token is recorded, never a case;"
+        " mail for an unverified address is held; a held copy is released once verified"
+    )
+    needs_session = True
 
-
-def _may_carry_token(text: str) -> bool:
-    """False only if ``TOKEN_PATTERN`` cannot match ``text`` (a cheap test first)."""
-    low = text.lower()
-    # re's IGNORECASE also takes dotless "ı" and "İ" (lower: "i" + U+0307) for "i".
-    return TOKEN_MARK in low or "\u0131" in low or "\u0307" in low
+    def __call__(self, ctx: IngestContext) -> None:
+        """Record control mail, hold mail for unverified addresses, release held copies."""
+        stage = self.name
+        assert ctx.parsed is not None and ctx.session is not None and ctx.routing is not None
+        sources = token_sources(ctx.parsed)
+        # Nearly all mail carries no token: a substring test rules it out cheaply.
+        if any(may_carry_token(text) for text in sources if text):
+            tokens = find_tokens(sources)
+            if tokens and _control_message(ctx, stage, tokens[:MAX_TOKENS]):
+                return
+        address = ctx.routing.address
+        if verified_in_session(ctx.session, ctx.services.addresses, address):
+            _release_held_copy(ctx, stage)
+        elif ctx.disposition is not None:
+            return  # already kept without a case: a rule or accept_from decided
+        elif ctx.config.verification.hold_unverified:
+            ctx.disposition = Outcome.HELD
+            ctx.disposition_reason = f"routing address {address} is not verified yet"
+            ctx.decide(stage, "held", address=address, reason="address not verified")
+        else:
+            ctx.decide(stage, "not held", address=address, reason="hold_unverified is false")
 
 
 # --- 1. control messages --------------------------------------------------------------
 def _control_message(ctx: IngestContext, stage: str, tokens: list[str]) -> bool:
     assert ctx.session is not None
-    signer = signer_for(ctx.pipeline.services, ctx.config)
+    signer = ctx.services.tokens
     genuine: list[TokenCheck] = []
     for token in tokens:
         check = use(ctx.session, signer, token, now=ctx.now, via=ctx.envelope.channel)
@@ -117,7 +113,7 @@ def _control_message(ctx: IngestContext, stage: str, tokens: list[str]) -> bool:
         ctx.before_commit.append(partial(_link_token, token_id=check.token_id))
         if check.purpose == VERIFY and mark_verified(ctx.session, check.address, ctx.now):
             ctx.decide(stage, "address verified", address=check.address, via=ctx.envelope.channel)
-            ctx.after_commit.append(partial(_release_after_verification, address=check.address))
+            ctx.verified_addresses.append(check.address)
     if not genuine:
         return False
     first = genuine[0]
@@ -146,26 +142,19 @@ def _link_token(ctx: IngestContext, *, token_id: int | None) -> None:
     )
 
 
-def _release_after_verification(ctx: IngestContext, *, address: str) -> None:
-    from emaild.verification.release import release_held
-
-    ctx.pipeline.addresses.invalidate()
-    release_held(ctx.pipeline, address, limit=INLINE_RELEASE_LIMIT)
-
-
 # --- 3. releasing a held copy ----------------------------------------------------------
 def _release_held_copy(ctx: IngestContext, stage: str) -> None:
     assert ctx.parsed is not None and ctx.session is not None
     key = ctx.parsed.dedup_key
     stored = stored_with_key(ctx.session, key)
     # The deduplicate stage needs the same lookup: it reads this one.
-    ctx.extra[STORED_ROW] = stored
+    ctx.stored_row, ctx.stored_row_known = stored, True
     if stored is None or stored[1] != "held":
         return
     held = ctx.session.get(Message, stored[0])
     if held is None:
         return
-    ctx.extra[STORED_ROW] = None  # the key is freed for this message below
+    ctx.stored_row = None  # the key is freed for this message below
     # Free the dedup key for the message as processed now; the held row is
     # deleted at commit time once its successor exists (same transaction).
     held.dedup_key = f"releasing:{held.id}"

@@ -1,6 +1,6 @@
-"""Decide whether a new case gets an auto-response, and queue it if so.
+"""``autorespond``: decide whether a new case gets an auto-response, and queue it if so.
 
-``autorespond(ctx)`` runs inside the message's transaction: the outbox row is
+The stage runs inside the message's transaction: the outbox row is
 written with the case, so a response is never lost and never sent for a
 message that was not stored. Every reason not to respond is recorded on the
 message's decision trace (contract 4: no loops, no backscatter).
@@ -26,23 +26,21 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from email.utils import format_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy import bindparam, func, select
 
+from emaild.autoresponse.bounces import record_bounce
 from emaild.autoresponse.compose import Reply, compose, usable_address
-from emaild.autoresponse.templates import TemplateSet, merge_fields
+from emaild.autoresponse.templates import merge_fields
 from emaild.cases import case_number
 from emaild.classify import is_no_reply_address
 from emaild.errors import ConfigError
 from emaild.outbox.queue import enqueue, is_suppressed
-from emaild.pipeline.context import Outcome
+from emaild.pipeline.context import IngestContext, Outcome
 from emaild.store.models import OutboxItem
 from emaild.store.rows import update_row
-
-if TYPE_CHECKING:
-    from emaild.pipeline.context import IngestContext
 
 log = structlog.get_logger("emaild.autoresponse")
 
@@ -59,6 +57,37 @@ _SENT_RECENTLY = select(func.count(OutboxItem.id)).where(
 )
 
 
+class AutoRespondStage:
+    name = STAGE
+    description = "queue the auto-response in the outbox, unless loop protection says no"
+    needs_session = True
+
+    def __call__(self, ctx: IngestContext) -> None:
+        if ctx.session is None:
+            return
+        note_bounce(ctx)
+        autorespond(ctx)
+
+
+def note_bounce(ctx: IngestContext) -> None:
+    """A bounce of our own mail marks its recipient undeliverable (trace says so)."""
+    cls = ctx.classification
+    if cls is None or not cls.is_bounce or ctx.session is None or ctx.parsed is None:
+        return
+    effect = record_bounce(
+        ctx.session, ctx.raw, bounce_message_id=ctx.parsed.message_id, now=ctx.now
+    )
+    if effect.not_failures:
+        ctx.decide(STAGE, "bounce is not a failure", actions=list(effect.not_failures))
+    elif effect.suppressed:
+        ctx.decide(
+            STAGE,
+            "recipient marked undeliverable",
+            addresses=list(effect.suppressed),
+            outbox=effect.outbox_id,
+        )
+
+
 def autorespond(ctx: IngestContext) -> OutboxItem | None:
     """Queue the auto-response for ``ctx``'s new case, or record why not."""
     reason = refusal(ctx)
@@ -67,7 +96,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         return None
     assert ctx.case is not None and ctx.session is not None and ctx.routing is not None
     assert ctx.parsed is not None and ctx.message is not None
-    templates: TemplateSet = ctx.pipeline.services["templates"]
+    templates = ctx.services.templates
     name = ctx.fields.auto_response
     template = templates.get(name)
     if template is None:
@@ -75,7 +104,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         log.error("autoresponse.unknown_template", template=name, case=ctx.case.id)
         return None
     recipient, recipient_name = _recipient(ctx)
-    signer = ctx.pipeline.services["signer"]
+    signer = ctx.services.signer
     case = ctx.case
     hide = template.hide_record_information
     token = "" if hide else signer.subject_token(case.id)
@@ -139,8 +168,8 @@ def refusal(ctx: IngestContext) -> str:
         return "auto-responses are off ([autoresponse] enabled = false)"
     if not ctx.fields.auto_response:
         return "no template chosen (auto_response is empty for this address or rule)"
-    if ctx.extra.get("loop"):
-        return str(ctx.extra["loop"])
+    if ctx.loop:
+        return ctx.loop
     if ctx.classification is not None:
         machine = ctx.classification.no_response_reason()
         if machine:
@@ -149,7 +178,7 @@ def refusal(ctx: IngestContext) -> str:
     recipient, _ = _recipient(ctx)
     if not recipient:
         return "no sender address to answer"
-    own = ctx.pipeline.addresses.own_addresses()
+    own = ctx.services.addresses.own_addresses()
     for who, address in (
         ("sender", ctx.parsed.from_addr),
         ("envelope sender", ctx.envelope.mail_from.strip().lower()),

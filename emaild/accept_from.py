@@ -1,4 +1,4 @@
-"""Routing-address policy shared by the pipeline and the SMTP listener."""
+"""A routing address's "accept email from" list: the accept stage and SMTP listener use it."""
 
 from __future__ import annotations
 
