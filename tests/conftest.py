@@ -176,6 +176,21 @@ def app(config: Config) -> Iterator[App]:
 
 
 @pytest.fixture
+def make_app(make_config: Any) -> Iterator[Any]:
+    """Open an ``App`` from TOML text and environment overrides; all are closed at teardown."""
+    opened: list[App] = []
+
+    def make(toml: str = "", **env: str) -> App:
+        application = App.open(make_config(toml, **env))
+        opened.append(application)
+        return application
+
+    yield make
+    for application in opened:
+        application.close()
+
+
+@pytest.fixture
 def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for running ``emaild`` as a subprocess on this test's storage."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}

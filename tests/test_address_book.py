@@ -29,8 +29,8 @@ def add(app: App, address: str, **settings: Any) -> None:
 
 
 @pytest.fixture
-def file_app(make_config: Any) -> Any:
-    app = App.open(make_config(CONFIG))
+def file_app(make_app: Any) -> Any:
+    app = make_app(CONFIG)
     yield app
     app.close()
 

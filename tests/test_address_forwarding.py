@@ -7,18 +7,14 @@ import time
 from typing import Any
 
 from forwarder import Forwarder, smtp_to
+from mailbuilder import count
 from smtp_helpers import running_listener
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from emaild.app import App
 from emaild.store.models import Case, Message, VerificationToken
 
 ADDRESS = "support@example.com"  # the embedded default: a config address
-
-
-def count(app: App, model: Any) -> int:
-    with app.db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
 
 def test_forwarding_that_works_reports_path_and_delay(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mailbuilder import build_mail
 from sqlalchemy import func, select
 
 from emaild.app import App
@@ -34,11 +35,15 @@ def mail(
     extra: str = "",
 ) -> bytes:
     """A small customer message; ``extra`` is more header lines ("Name: value\\r\\n")."""
-    head = (
-        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
-        f"Date: Mon, 23 Nov 2026 09:00:00 +0000\r\n{extra}"
+    return build_mail(
+        sender=sender,
+        to=to,
+        subject=subject,
+        message_id=message_id,
+        date="Mon, 23 Nov 2026 09:00:00 +0000",
+        headers=extra,
+        body=body,
     )
-    return f"{head}\r\n{body}\r\n".encode()
 
 
 @pytest.fixture

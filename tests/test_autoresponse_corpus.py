@@ -49,9 +49,9 @@ def ingest_all(app: App, files: list[Path], root: Path) -> dict[str, Any]:
 
 
 def test_default_configuration_answers_none_of_the_corpus(
-    make_config: Any, relay_sink: Any, corpus: Path
+    make_app: Any, relay_sink: Any, corpus: Path
 ) -> None:
-    app = App.open(make_config('[relay]\nstarttls = "off"\n', **relay_sink.relay_env))
+    app = make_app('[relay]\nstarttls = "off"\n', **relay_sink.relay_env)
     try:
         files = sisimai_files(corpus)
         results = ingest_all(app, files, corpus / "sisimai" / "maildir")

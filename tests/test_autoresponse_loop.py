@@ -106,11 +106,11 @@ def run_loop(app: App, relay_sink: Any, style: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def loop_app(make_config: Any, relay_sink: Any) -> Any:
+def loop_app(make_app: Any, relay_sink: Any) -> Any:
     apps: list[App] = []
 
     def build(toml: str = "") -> App:
-        app = App.open(make_config('[relay]\nstarttls = "off"\n' + toml, **relay_sink.relay_env))
+        app = make_app('[relay]\nstarttls = "off"\n' + toml, **relay_sink.relay_env)
         apps.append(app)
         return app
 

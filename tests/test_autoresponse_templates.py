@@ -111,11 +111,10 @@ def test_emaild_check_reports_template_errors(run_cli: Any, tmp_path: Path) -> N
 
 
 def test_reload_keeps_the_old_templates_when_the_new_ones_are_broken(
-    make_config: Any, tmp_path: Path
+    make_config: Any, make_app: Any, tmp_path: Path
 ) -> None:
-    from emaild.app import App
 
-    app = App.open(make_config())
+    app = make_app()
     try:
         before = app.services.templates
         broken = tmp_path / "broken-templates"

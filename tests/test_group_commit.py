@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mailbuilder import build_mail
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -188,10 +189,12 @@ class PoisonStage:
 
 
 def mail(n: int, subject: str) -> bytes:
-    return (
-        f"From: Customer {n} <c{n}@customer.test>\r\nTo: support@example.com\r\n"
-        f"Subject: {subject}\r\nMessage-ID: <group-{n}@customer.test>\r\n\r\nHello {n}\r\n"
-    ).encode()
+    return build_mail(
+        sender=f"Customer {n} <c{n}@customer.test>",
+        subject=subject,
+        message_id=f"<group-{n}@customer.test>",
+        body=f"Hello {n}",
+    )
 
 
 def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_are_stored(app: App) -> None:

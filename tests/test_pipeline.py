@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from mailbuilder import count
+from sqlalchemy import select
 
 from emaild.app import App
 from emaild.pipeline import Envelope, Outcome
@@ -16,11 +17,6 @@ SIMPLE = (
     b"\r\n"
     b"It is on fire.\r\n"
 )
-
-
-def count(app: App, model: type) -> int:
-    with app.db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
 
 def test_new_case_then_duplicate(app: App) -> None:

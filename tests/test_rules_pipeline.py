@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mailbuilder import build_mail, count
 from smtp_helpers import smtp_listener
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from emaild.accept_from import sender_refusal
 from emaild.app import App
@@ -29,15 +30,14 @@ def message(
     headers: str = "",
     to: str = "support@example.com",
 ) -> bytes:
-    return (
-        f"From: Alice <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Message-ID: <rules-{n}@customer.test>\r\n{headers}\r\nThe printer is broken.\r\n"
-    ).encode()
-
-
-def count(app: App, model: type) -> int:
-    with app.db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+    return build_mail(
+        sender=f"Alice <{sender}>",
+        to=to,
+        subject=subject,
+        message_id=f"<rules-{n}@customer.test>",
+        headers=headers,
+        body="The printer is broken.",
+    )
 
 
 def only_case(app: App) -> Case:
@@ -151,7 +151,7 @@ def test_spam_rule_quarantines_in_the_same_transaction(app: App) -> None:
         assert s.scalars(select(QuarantineEntry.attempts)).one() == 2
 
 
-def test_drop_rule_keeps_the_raw_message_without_a_case(make_config: Any, tmp_path: Path) -> None:
+def test_drop_rule_keeps_the_raw_message_without_a_case(make_app: Any, tmp_path: Path) -> None:
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / "50-noise.toml").write_text(
@@ -160,7 +160,7 @@ def test_drop_rule_keeps_the_raw_message_without_a_case(make_config: Any, tmp_pa
         'actions = { drop = true, reason = "newsletter copy" }\n',
         encoding="utf-8",
     )
-    app = App.open(make_config(EMAILD_RULES_DIR=str(rules_dir)))
+    app = make_app(EMAILD_RULES_DIR=str(rules_dir))
     try:
         raw = message(7, subject="[Newsletter] June")
         result = app.pipeline.ingest(raw, Envelope(channel="test"))

@@ -21,8 +21,8 @@ from emaild.clock import utcnow
 from emaild.store.models import Case, ManagedAddress
 
 
-def test_an_address_book_refresh_does_not_wait_for_an_open_write(make_config: Any) -> None:
-    app = App.open(make_config("[storage]\nbusy_timeout_seconds = 20.0\n"))
+def test_an_address_book_refresh_does_not_wait_for_an_open_write(make_app: Any) -> None:
+    app = make_app("[storage]\nbusy_timeout_seconds = 20.0\n")
     book = AddressBook(app.config, app.db, cache_seconds=0)  # every lookup re-reads
     answered: list[float] = []
     try:

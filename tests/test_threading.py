@@ -303,17 +303,17 @@ def reply_to(app: App, case: int, n: int, **kw: Any) -> bytes:
     return mail(mid=f"<late-{n}@customer.test>", in_reply_to="<m1@customer.test>", **kw)
 
 
-def routing_config(make_config: Any, policy: str, days: int = 30) -> App:
+def routing_config(make_app: Any, policy: str, days: int = 30) -> App:
     toml = f'[[address]]\naddress = "{SUPPORT}"\nclosed_case = "{policy}"\nreopen_days = {days}\n'
-    return App.open(make_config(toml))
+    return make_app(toml)
 
 
 def decisions(app: App, row: int | None) -> list[str]:
     return [d["decision"] for d in trace(app, row)]
 
 
-def test_reopen_policy_reopens(make_config: Any) -> None:
-    app = routing_config(make_config, "reopen")
+def test_reopen_policy_reopens(make_app: Any) -> None:
+    app = routing_config(make_app, "reopen")
     try:
         case = open_case(app)
         close_case(app, case, datetime.now(UTC) - timedelta(days=400))
@@ -326,8 +326,8 @@ def test_reopen_policy_reopens(make_config: Any) -> None:
         app.close()
 
 
-def test_reopen_within_days_else_a_linked_case_then_follow_it(make_config: Any) -> None:
-    app = routing_config(make_config, "reopen_within", days=10)
+def test_reopen_within_days_else_a_linked_case_then_follow_it(make_app: Any) -> None:
+    app = routing_config(make_app, "reopen_within", days=10)
     try:
         case = open_case(app)
         close_case(app, case, datetime.now(UTC) - timedelta(days=9))
@@ -352,8 +352,8 @@ def test_reopen_within_days_else_a_linked_case_then_follow_it(make_config: Any) 
         app.close()
 
 
-def test_new_linked_policy_never_reopens(make_config: Any) -> None:
-    app = routing_config(make_config, "new_linked")
+def test_new_linked_policy_never_reopens(make_app: Any) -> None:
+    app = routing_config(make_app, "new_linked")
     try:
         case = open_case(app)
         close_case(app, case)  # closed a moment ago: still not reopened
@@ -372,8 +372,8 @@ def test_new_linked_policy_never_reopens(make_config: Any) -> None:
         [("X-Autoreply", "yes")],
     ],
 )
-def test_auto_replies_never_reopen(make_config: Any, headers: list[tuple[str, str]]) -> None:
-    app = routing_config(make_config, "reopen")
+def test_auto_replies_never_reopen(make_app: Any, headers: list[tuple[str, str]]) -> None:
+    app = routing_config(make_app, "reopen")
     try:
         case = open_case(app)
         close_case(app, case)
@@ -386,8 +386,8 @@ def test_auto_replies_never_reopen(make_config: Any, headers: list[tuple[str, st
         app.close()
 
 
-def test_bounce_to_a_closed_case_is_appended_without_reopening(make_config: Any) -> None:
-    app = routing_config(make_config, "reopen")
+def test_bounce_to_a_closed_case_is_appended_without_reopening(make_app: Any) -> None:
+    app = routing_config(make_app, "reopen")
     try:
         case = open_case(app)
         ours = send(app, case, to="gone@customer.test")
@@ -437,10 +437,10 @@ def test_cases_show_json_subject_token_is_what_outgoing_mail_uses(
     assert load_signer(config).subject_numbers(f"Re: {expected} x") == [1]
 
 
-def test_two_late_replies_at_once_open_one_follow_up(make_config: Any) -> None:
+def test_two_late_replies_at_once_open_one_follow_up(make_app: Any) -> None:
     """The first reply's transaction is held open just before commit while the
     second runs: the second must wait for it and join its follow-up case."""
-    app = routing_config(make_config, "new_linked")
+    app = routing_config(make_app, "new_linked")
     try:
         case = open_case(app)
         close_case(app, case)

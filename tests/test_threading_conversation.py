@@ -114,8 +114,8 @@ def build_reply(
     return raw, fresh
 
 
-def test_fifty_message_thread_ends_on_one_case(make_config: Any) -> None:
-    app = App.open(make_config("[threading]\nbody_token = true\n"))
+def test_fifty_message_thread_ends_on_one_case(make_app: Any) -> None:
+    app = make_app("[threading]\nbody_token = true\n")
     try:
         run_conversation(app)
     finally:

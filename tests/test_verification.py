@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from mailbuilder import count
+from sqlalchemy import select
 
 from emaild.addresses import add_managed, validate_routing
 from emaild.app import App
@@ -49,11 +50,6 @@ def customer_mail(n: int, *, reply_to: int | None = None, to: str = ADDRESS) -> 
         f"\r\n"
         f"Message number {n}.\r\n"
     ).encode()
-
-
-def count(app: App, model: Any, *where: Any) -> int:
-    with app.db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
 def add_address(app: App, address: str = ADDRESS) -> None:
@@ -328,8 +324,8 @@ def test_confirm_by_hand_verifies_and_releases(app: App) -> None:
     assert later.outcome is Outcome.NEW_CASE
 
 
-def test_no_hold_when_the_admin_turns_it_off(make_config: Any) -> None:
-    app = App.open(make_config("[verification]\nhold_unverified = false\n"))
+def test_no_hold_when_the_admin_turns_it_off(make_app: Any) -> None:
+    app = make_app("[verification]\nhold_unverified = false\n")
     try:
         add_address(app)
         result = app.pipeline.ingest(customer_mail(1), Envelope(channel="pipe"))

@@ -112,10 +112,10 @@ def test_verify_through_the_smtp_listener(app: App, run_cli: Any, relay_sink: An
 
 
 def test_forged_and_expired_tokens_do_not_verify(
-    make_config: Any, run_cli: Any, relay_sink: Any, tmp_path: Path
+    make_app: Any, run_cli: Any, relay_sink: Any, tmp_path: Path
 ) -> None:
     # Tokens live 2 seconds here, so expiry is real time passing, not a faked clock.
-    app = App.open(make_config("[verification]\ntoken_ttl_hours = 0.00056\n"))
+    app = make_app("[verification]\ntoken_ttl_hours = 0.00056\n")
     config = ("--config", str(tmp_path / "emaild.toml"))
     try:
         assert run_cli(*config, "address", "add", ADDRESS).returncode == 0
