@@ -139,7 +139,7 @@ def test_a_disabled_address_is_refused_by_the_listener(app: Any, run_cli: Any) -
 
     from smtp_helpers import running_listener
 
-    from emaild.channels.smtp import DISABLED_REJECT, DISABLED_TEMPFAIL
+    from emaild.channels.smtp.replies import DISABLED_REJECT, DISABLED_TEMPFAIL
 
     added = run_cli("address", "add", "billing@acme.test", "--disabled-action", "reject")
     assert added.returncode == 0

@@ -17,7 +17,7 @@ from smtp_helpers import DaemonProcess, daemon_process
 from sqlalchemy import func, select
 
 from emaild.app import App
-from emaild.channels import smtp as replies
+from emaild.channels.smtp import replies
 from emaild.daemon import Daemon
 from emaild.store.database import Database
 from emaild.store.models import Message

@@ -18,7 +18,7 @@ from smtp_helpers import running_listener, smtp_listener
 from sqlalchemy import func, select
 
 from emaild.app import App
-from emaild.channels import smtp as replies
+from emaild.channels.smtp import replies
 from emaild.pipeline import Envelope, Outcome
 from emaild.store.models import Case, ChannelStatus, Message, QuarantineEntry
 

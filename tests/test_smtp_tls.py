@@ -15,7 +15,7 @@ from smtp_helpers import smtp_listener
 from sqlalchemy import select
 
 from emaild.app import App
-from emaild.channels.smtp_auth import hash_password, load_credentials, verify_password
+from emaild.channels.smtp.auth import hash_password, load_credentials, verify_password
 from emaild.errors import ConfigError
 from emaild.store.models import Message
 

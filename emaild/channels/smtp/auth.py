@@ -9,11 +9,15 @@ the widely used ``pbkdf2_sha256$ITERATIONS$SALT$BASE64`` form, made with
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import secrets
 import ssl
 from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import AuthResult
 
 from emaild.config import SmtpConfig
 from emaild.errors import ConfigError
@@ -81,3 +85,62 @@ def tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load certificate/key: {exc}", key="smtp.tls_cert") from None
     return context
+
+
+def security_settings(smtp: SmtpConfig) -> tuple[ssl.SSLContext | None, dict[str, str]]:
+    """The STARTTLS context and AUTH credentials ``smtp`` asks for, checked together."""
+    tls = tls_context(smtp)
+    credentials = load_credentials(Path(smtp.auth_file)) if smtp.auth_file else {}
+    if smtp.auth_required and not credentials:
+        raise ConfigError("auth_required needs an auth_file", key="smtp.auth_required")
+    if credentials and tls is None:
+        raise ConfigError("AUTH needs STARTTLS: set tls_cert and tls_key", key="smtp.auth_file")
+    return tls, credentials
+
+
+class AuthMixin:
+    """AUTH PLAIN and LOGIN for an aiosmtpd session.
+
+    aiosmtpd's built-in PLAIN/LOGIN verify synchronously on the event loop;
+    PBKDF2 is deliberately slow, so the session's ``_check_login`` verifies in
+    a worker thread.
+    """
+
+    async def _check_login(self, login: bytes, password: bytes) -> Any:
+        """The ``AuthResult`` for ``login``/``password`` (the session provides it)."""
+        raise NotImplementedError
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> Any:
+        this: Any = self
+        if len(args) == 1:
+            blob = await this.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except binascii.Error:
+                await this.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await this.push("501 5.5.2 Cannot split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> Any:
+        this: Any = self
+        if len(args) == 1:
+            login = await this.challenge_auth(this.AuthLoginUsernameChallenge)
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except binascii.Error:
+                await this.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await this.challenge_auth(this.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(login, password)
