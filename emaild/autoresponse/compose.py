@@ -1,7 +1,7 @@
 """Build a well-formed auto-response as the bytes that go on the wire.
 
 Every header value that can come from a customer (names, subjects,
-Message-IDs) passes through ``_one_line`` or a strict syntax check before it
+Message-IDs) passes through ``one_line`` or a strict syntax check before it
 reaches a header, so a CR or LF in a customer's name or subject can never
 start a header of its own. Non-ASCII text is RFC 2047 encoded and long lines
 are folded at spaces (78 characters where the words allow).
@@ -27,6 +27,7 @@ from html import escape
 
 from emaild.autoresponse.templates import Rendered
 from emaild.classify import LOOP_HEADER
+from emaild.text import one_line
 
 # A msg-id we are willing to repeat: <printable-ASCII-without-space-or-angles>.
 _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>$")
@@ -34,7 +35,6 @@ _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>$")
 _ADDR_SPEC = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}$")
 # Our own (configured) sender address: at least nothing that could end the header.
 _OWN_ADDRESS = re.compile(r"^[\x21-\x7e]{1,320}$")
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 # RFC 5322 atext plus the space between words: a display name made only of
 # these needs no quoting.
 _PLAIN_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
@@ -44,11 +44,9 @@ CRLF = "\r\n"
 # UTF-8 bytes per encoded word: "=?utf-8?b?" + base64(42 bytes: 56) + "?=" is 68
 # characters, so even "Reply-To: " and one word fit in 78 columns (RFC 2047: <= 75).
 _WORD_BYTES = 42
-
-
-def _one_line(value: str, limit: int = 300) -> str:
-    """Collapse control characters (CR, LF, TAB...) to spaces: one header, one line."""
-    return " ".join(_CONTROLS.sub(" ", value).split())[:limit]
+# How much of a display name and of a subject a header keeps.
+_NAME_CHARS = 300
+_SUBJECT_CHARS = 900
 
 
 def usable_address(address: str) -> bool:
@@ -92,12 +90,12 @@ def compose(
         raise ValueError(f"sender address not usable: {from_address!r}")
     if not valid_msg_id(message_id):
         raise ValueError(f"not a Message-ID: {message_id!r}")
-    sender = _mailbox(_one_line(from_name), from_address)
+    sender = _mailbox(one_line(from_name, _NAME_CHARS), from_address)
     head = [
         _header("From", sender),
-        _header("To", _mailbox(_one_line(reply.to_name), reply.to_address)),
+        _header("To", _mailbox(one_line(reply.to_name, _NAME_CHARS), reply.to_address)),
         _header("Reply-To", sender),
-        _header("Subject", _text_words(_one_line(rendered.subject, 900))),
+        _header("Subject", _text_words(one_line(rendered.subject, _SUBJECT_CHARS))),
         _header("Date", [format_datetime(now)]),
         _header("Message-ID", [message_id]),
     ]

@@ -21,10 +21,10 @@ from emaild.errors import InputError
 from emaild.mime.parse import ParsedMessage, parse_message
 from emaild.outbox.queue import enqueue, is_suppressed
 from emaild.quarantine import HEADER_KEEP_BYTES
+from emaild.text import one_line
 
-
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]
+# How much of the sender's subject the notice repeats.
+SUBJECT_CHARS = 200
 
 
 def too_large_notice(
@@ -34,7 +34,7 @@ def too_large_notice(
     msg = EmailMessage(policy=SMTP)
     msg["From"] = from_address
     msg["To"] = parsed.from_addr
-    subject = _one_line(parsed.subject) or "(no subject)"
+    subject = one_line(parsed.subject, SUBJECT_CHARS) or "(no subject)"
     msg["Subject"] = f"Message not received: too large ({subject})"
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = make_msgid("emaild.too-large", domain=domain)

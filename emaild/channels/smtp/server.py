@@ -42,9 +42,12 @@ from emaild.channels.smtp.replies import (
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import InputError, TransientError
 from emaild.pipeline import Envelope, IngestResult
+from emaild.text import one_line
 
 log = structlog.get_logger("emaild.smtp")
 Kind = Literal["smtp", "lmtp"]
+# How much of an error a 5xx reply line repeats.
+DETAIL_CHARS = 200
 
 
 class ChannelHost(Protocol):
@@ -386,7 +389,7 @@ class Listener:
             return TEMPFAIL_TIMEOUT, None
         except InputError as exc:
             channel.rejected += 1
-            return UNUSABLE.format(detail=_one_line(str(exc))), None
+            return UNUSABLE.format(detail=one_line(str(exc), DETAIL_CHARS)), None
         except Exception as exc:  # a bug: retry later rather than lose the message
             log.error("smtp.ingest_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self.health.failure(f"internal error: {type(exc).__name__}: {exc}")
@@ -395,10 +398,8 @@ class Listener:
         self.health.success()
         if not result.stored:
             channel.rejected += 1
-            return REJECTED.format(detail=_one_line(result.detail or "by policy")), result
+            return REJECTED.format(
+                detail=one_line(result.detail or "by policy", DETAIL_CHARS)
+            ), result
         channel.accepted += 1
         return stored_reply(result), result
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:200]
