@@ -11,22 +11,23 @@ import base64
 import binascii
 import email
 import hashlib
-import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.header import Header, decode_header, make_header
-from email.utils import getaddresses, parsedate_to_datetime
+from email.message import Message
+from email.policy import compat32
+from email.utils import parsedate_to_datetime
 from typing import Any
 
-import mailparser
-
 from emaild.errors import InputError
+from emaild.mime.headers import decode_value, repair_header_block, split_addresses
+from emaild.mime.htmltext import html_to_text
+from emaild.mime.parts import RawAttachment, extract, message_hints
 from emaild.mime.spool import MARKER_PREFIX, BlobSink, HashOnlySink, spool_large_parts
 
-logging.getLogger("mailparser").setLevel(logging.ERROR)
-
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_NULL_PATH = re.compile(r"^\s*<\s*>\s*$")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,22 @@ class ParsedMessage:
         return self.from_.addr if self.from_ else ""
 
     @property
+    def customer(self) -> Address | None:
+        """Who wrote the message: From, or Reply-To when there is no usable From."""
+        return self.from_ or self.reply_to
+
+    @property
+    def customer_addr(self) -> str:
+        """The address a case belongs to (``from_addr``, else the Reply-To address)."""
+        return self.customer.addr if self.customer else ""
+
+    @property
+    def null_return_path(self) -> bool:
+        """The delivering MTA recorded a null envelope sender (``Return-Path: <>``)."""
+        value = self.header("return-path")
+        return value is not None and bool(_NULL_PATH.match(value))
+
+    @property
     def thread_index(self) -> str:
         """Hex of the first 22 bytes of Outlook's Thread-Index (its conversation root)."""
         value = self.header("thread-index")
@@ -118,120 +135,72 @@ def parse_message(
         raise InputError("empty message")
     sink = sink or HashOnlySink()
     skeleton, spooled = spool_large_parts(raw, spool_threshold, sink)
-    mail = _mailparser(skeleton)
-    if not mail.message or not list(mail.message.keys()):
+    skeleton, notes = repair_header_block(skeleton)
+    message = _stdlib(skeleton)
+    if not list(message.keys()):
         raise InputError("no header fields: not an RFC 5322 message")
     parsed = ParsedMessage(
         raw_sha256=raw_sha256 or hashlib.sha256(raw).hexdigest(),
         size=len(raw),
     )
-    message = mail.message
-    parsed.headers = [(_no_nul(str(k)), _no_nul(_decode(v))) for k, v in message.items()]
+    hints = message_hints(message)
+    parsed.headers = [
+        (_no_nul(str(k)), _no_nul(_header(str(k), v, hints, notes))) for k, v in message.raw_items()
+    ]
     parsed.message_id = _first_msgid(parsed.header("message-id"))
     parsed.in_reply_to = _first_msgid(parsed.header("in-reply-to"))
     parsed.references = _all_msgids(" ".join(parsed.header_all("references")))
-    parsed.subject = _clean(_decode(message.get("subject", "")))
+    parsed.subject = _clean(parsed.header("subject") or "")
     # Addresses are split on the raw header and only the names decoded afterwards: an
     # encoded word must never be able to smuggle in a different address.
-    parsed.from_ = _first_address(_raw_values(message, "from"))
-    parsed.reply_to = _first_address(_raw_values(message, "reply-to"))
-    parsed.to = _addresses(_raw_values(message, "to"))
-    parsed.cc = _addresses(_raw_values(message, "cc"))
+    parsed.from_ = _first_address(_raw_values(message, "from"), hints)
+    parsed.reply_to = _first_address(_raw_values(message, "reply-to"), hints)
+    parsed.to = _addresses(_raw_values(message, "to"), hints)
+    parsed.cc = _addresses(_raw_values(message, "cc"), hints)
     parsed.date = _date(parsed.header("date"))
-    parsed.text = _no_nul("\n".join(mail.text_plain))
-    parsed.html = _no_nul("\n".join(mail.text_html))
+    body = extract(message, hints)
+    parsed.text = _no_nul("\n".join(body.text))
+    parsed.html = _no_nul("\n".join(body.html))
+    if not parsed.text.strip() and parsed.html.strip():
+        parsed.text = _no_nul(html_to_text(parsed.html))
+        notes.append("text/html: text derived from the HTML (no text/plain part)")
     parsed.content_type = message.get_content_type()
     parsed.part_types = sorted({part.get_content_type() for part in message.walk()})
     parsed.charsets = sorted({c for c in message.get_charsets() if c})
-    parsed.defects = _defects(mail)
-    parsed.attachments = [_attachment(a, spooled, sink) for a in mail.attachments]
+    parsed.defects = [_no_nul(n) for n in notes + body.notes][:50]
+    parsed.attachments = [_attachment(a, spooled, sink) for a in body.attachments]
     return parsed
 
 
-def _mailparser(data: bytes) -> Any:
-    """mail-parser over the stdlib parse of ``data``, with its epilogue bug avoided."""
+def _stdlib(data: bytes) -> Message:
     try:
-        message = email.message_from_bytes(data)
-    except RecursionError:
-        raise InputError("MIME nesting too deep to parse") from None
-    for part in message.walk():
-        # mail-parser reads the epilogue of a multipart with a broken boundary and
-        # crashes when there is none (real SendGrid bounces): an empty one is the same.
-        if part.is_multipart() and part.epilogue is None:
-            part.epilogue = ""
-    try:
-        return mailparser.MailParser(message)
+        return email.message_from_bytes(data, policy=compat32)
     except RecursionError:
         raise InputError("MIME nesting too deep to parse") from None
 
 
-def _attachment(
-    item: dict[str, Any], spooled: dict[bytes, Any], sink: BlobSink
-) -> ParsedAttachment:
-    payload = item.get("payload") or ""
-    if item.get("binary"):
-        data = base64.b64decode(payload) if payload else b""
-    elif isinstance(payload, bytes):
-        data = payload
-    else:
-        data = payload.encode("utf-8", "surrogateescape")
+def _attachment(item: RawAttachment, spooled: dict[bytes, Any], sink: BlobSink) -> ParsedAttachment:
+    data = item.data
     spooled_part = spooled.get(data) if data.startswith(MARKER_PREFIX) else None
     if spooled_part is not None:
         sha, size = spooled_part.sha256, spooled_part.size
     else:
         sha, size = sink.put_chunks(iter((data,)))
-    disposition = (item.get("content-disposition") or "").split(";")[0].strip().lower()
     return ParsedAttachment(
-        filename=_clean(str(item.get("filename") or "")),
-        content_type=str(item.get("mail_content_type") or "application/octet-stream").lower(),
-        content_id=str(item.get("content-id") or "").strip(),
-        disposition=disposition or "attachment",
+        filename=_clean(item.filename),
+        content_type=item.content_type.lower() or "application/octet-stream",
+        content_id=item.content_id,
+        disposition=item.disposition or "attachment",
         size=size,
         sha256=sha,
     )
 
 
-def _decode(value: Any) -> str:
-    """A header value as Unicode: raw 8-bit (RFC 6532 UTF-8, else cp1252), then RFC 2047."""
-    if value is None:
-        return ""
-    if isinstance(value, Header):  # 8-bit bytes in a header: the parser wraps them
-        value = "".join(_text(chunk, charset) for chunk, charset in decode_header(value))
-    text = _undo_surrogates(str(value))
-    if "=?" not in text:
-        return text
-    try:
-        return str(make_header(decode_header(text)))
-    except (LookupError, UnicodeError, ValueError, binascii.Error, AssertionError):
-        return text
-
-
-def _text(chunk: bytes | str, charset: str | None) -> str:
-    if isinstance(chunk, str):
-        return chunk
-    if charset and charset not in ("unknown-8bit", "us-ascii"):
-        try:
-            return chunk.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            pass
-    try:
-        return chunk.decode("utf-8")
-    except UnicodeDecodeError:
-        return chunk.decode("cp1252", "replace")
-
-
-def _undo_surrogates(text: str) -> str:
-    """The stdlib parser keeps 8-bit header bytes as surrogates; decode them properly."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    data = text.encode("utf-8", "surrogateescape")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
+def _header(name: str, value: str, hints: list[str], notes: list[str]) -> str:
+    """A header value as Unicode: 8-bit bytes (UTF-8, else guessed), then RFC 2047 words."""
+    text, found = decode_value(value, hints)
+    notes.extend(f"header {name}: {note}" for note in found)
+    return _UNFOLD.sub("", text) if "=?" in value else text
 
 
 def _no_nul(value: str) -> str:
@@ -256,27 +225,23 @@ def _all_msgids(value: str) -> list[str]:
     return [f"<{m}>" for m in _MSGID.findall(value)][:100]
 
 
-def _raw_values(message: Any, name: str) -> list[str]:
-    """Every value of header ``name`` as text, 8-bit bytes decoded, encoded words NOT."""
-    out = []
-    for value in message.get_all(name) or []:
-        if isinstance(value, Header):
-            value = "".join(_text(chunk, cs) for chunk, cs in decode_header(value))
-        out.append(_undo_surrogates(str(value)))
-    return out
+def _raw_values(message: Message, name: str) -> list[str]:
+    """Every value of header ``name`` as the parser read it: encoded words NOT decoded."""
+    wanted = name.lower()
+    return [str(v) for k, v in message.raw_items() if k.lower() == wanted]
 
 
-def _addresses(values: list[str]) -> list[Address]:
+def _addresses(values: list[str], hints: list[str]) -> list[Address]:
     out = []
-    for name, addr in getaddresses(values):
-        addr = addr.strip().lower()
+    for name, addr in split_addresses(values):
+        addr, _ = decode_value(addr.strip().lower(), hints)
         if "@" in addr and "=?" not in addr and not any(c in addr for c in "\r\n<>,; "):
-            out.append(Address(_clean(_decode(name)), addr))
+            out.append(Address(_clean(decode_value(name, hints)[0]), addr))
     return out
 
 
-def _first_address(values: list[str]) -> Address | None:
-    found = _addresses(values)
+def _first_address(values: list[str], hints: list[str]) -> Address | None:
+    found = _addresses(values, hints)
     return found[0] if found else None
 
 
@@ -290,15 +255,3 @@ def _date(value: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def _defects(mail: Any) -> list[str]:
-    out: list[str] = []
-    for item in mail.defects or []:
-        if isinstance(item, dict):
-            for key, values in item.items():
-                items = values if isinstance(values, list) else [values]
-                out.extend(f"{key}: {v}" for v in items)
-        else:
-            out.append(str(item))
-    return out[:50]
