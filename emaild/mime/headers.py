@@ -39,8 +39,9 @@ def repair_header_block(data: bytes) -> tuple[bytes, list[str]]:
         notes.append(f"header: skipped {skip} line(s) before the header block")
     block = lines[skip:]
     last_field = max((i for i, line in enumerate(block) if _FIELD.match(line)), default=-1)
+    first_field = next((i for i, line in enumerate(block) if _FIELD.match(line)), 0)
     fixed = 0
-    for i in range(last_field):
+    for i in range(first_field + 1, last_field):
         line = block[i]
         if not _ok(i, line) and line.strip():
             block[i] = b" " + line

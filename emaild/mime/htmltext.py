@@ -9,6 +9,7 @@ is imported on first use (25 ms), so mail with a text part never pays for it.
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Any
 
 # lxml refuses NUL and most C0 controls, and str input with an XML encoding declaration.
@@ -33,5 +34,5 @@ def html_to_text(html: str) -> str:
         text = str(get_text(clean, _CONFIG))
     except (ValueError, TypeError, LookupError):
         return ""
-    lines = [line.rstrip() for line in text.splitlines()]
-    return _BLANKS.sub("\n\n", "\n".join(lines)).strip("\n")
+    lines = "\n".join(line.rstrip() for line in text.splitlines())
+    return _BLANKS.sub("\n\n", textwrap.dedent(lines)).strip("\n")

@@ -150,7 +150,8 @@ def parse_message(
     parsed.message_id = _first_msgid(parsed.header("message-id"))
     parsed.in_reply_to = _first_msgid(parsed.header("in-reply-to"))
     parsed.references = _all_msgids(" ".join(parsed.header_all("references")))
-    parsed.subject = _clean(parsed.header("subject") or "")
+    subject = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), "")
+    parsed.subject = _clean(_header("subject", subject, hints, []))
     # Addresses are split on the raw header and only the names decoded afterwards: an
     # encoded word must never be able to smuggle in a different address.
     parsed.from_ = _first_address(_raw_values(message, "from"), hints)
