@@ -67,13 +67,15 @@ _MODERATION_SUBJECT = re.compile(
     re.I,
 )
 # Markers MTAs write before an original message they paste into the text.
+# At the start of an unquoted line: a person forwarding a bounce quotes these with ">".
 _ORIGINAL_INLINE = re.compile(
-    r"(-{2,} ?(this is a copy of the message|original message|returned message|"
+    r"^[ \t]*(-{2,} ?(this is a copy of the message|original message|returned message|"
     r"undelivered message)|below this line is a copy of the message|"
     r"the original message (was received|follows|is attached)|"
-    r"original message headers|^\s*-{2,}\s*message (header|text) follows)",
+    r"original message headers|-{2,}\s*message (header|text) follows)",
     re.I | re.M,
 )
+_FORWARD_SUBJECT = re.compile(r"^\s*(fwd?|wg|tr|fw|re|aw|sv)\s*:", re.I)
 _SCAN_TEXT = 64 * 1024
 # Exchange sets this on mail a user's inbox rule forwarded: alone it is a person's mail.
 _EXCHANGE_RULE = "x-ms-exchange-inbox-rules-loop"
@@ -213,8 +215,10 @@ def classify(parsed: ParsedMessage, mail_from: str | None) -> Classification:
         elif "message/rfc822" in types and _machine_sender(parsed, mail_from):
             # Non-standard bounces (KDDI, X6, ...) return the original as an attachment.
             flags["bounce"] = "machine sender returned an original message"
-        elif _BOUNCE_SUBJECT.search(subject) and (
-            "message/rfc822" in types or _ORIGINAL_INLINE.search(parsed.text[:_SCAN_TEXT])
+        elif (
+            _BOUNCE_SUBJECT.search(subject)
+            and not _FORWARD_SUBJECT.match(subject)
+            and ("message/rfc822" in types or _ORIGINAL_INLINE.search(parsed.text[:_SCAN_TEXT]))
         ):
             # Vendor notices ("Delivery failure notification") carry the original but no DSN.
             flags["bounce"] = "bounce subject with the original message returned"
