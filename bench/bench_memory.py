@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess: imports and a warm-up message
 first, then the peak resident set size is reset (/proc/self/clear_refs) and
 the message is read from disk and ingested. The figure is (peak RSS - RSS
 before reading the message) / wire size. For reference the same message is
-parsed whole with mail-parser, which is what emaild avoids.
+parsed whole with mail-parser, which is what emaild avoids (`pip install -e ".[bench]"`).
 
     .venv/bin/python bench/bench_memory.py
 """

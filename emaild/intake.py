@@ -12,6 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# Channels where the sender is still connected: a refusal is an SMTP 5xx there and
+# the envelope sender is always known (empty = the null sender of a bounce). Any
+# other channel has accepted the mail already: refusing it would be backscatter.
+LIVE_CHANNELS = ("smtp", "lmtp")
+
 
 @dataclass(frozen=True)
 class Envelope:

@@ -44,5 +44,5 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         handler._emaild = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(max(LEVELS[level], logging.WARNING))
-    for noisy in ("mailparser", "mail.log", "aiosmtpd", "apscheduler", "alembic"):
+    for noisy in ("aiosmtpd", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -191,6 +191,16 @@ def make_app(make_config: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def stages_app(make_app: Any) -> Any:
+    """An app with a second routing address that only accepts one domain."""
+    return make_app(
+        '[[address]]\naddress = "support@example.com"\npriority = "High"\n'
+        '[[address]]\naddress = "vip@example.com"\norigin = "VIP"\n'
+        'accept_from = ["@partner.test"]\nreject_action = "quarantine"\n'
+    )
+
+
+@pytest.fixture
 def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for running ``emaild`` as a subprocess on this test's storage."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}

@@ -1,5 +1,8 @@
-"""Parse raw bytes into a ``ParsedMessage`` with mail-parser.
+"""Parse raw bytes into a ``ParsedMessage`` with the stdlib's ``email`` parser.
 
+mail-parser, which wraps the same parser, returned 7-bit parts undecoded
+(ISO-2022-JP), filed unnamed binary parts as "text not managed" and raised on
+lenient base64: ``mime.parts`` walks the stdlib's tree itself instead, once.
 Large leaf parts are first streamed to the blob store (see ``spool``); every
 other attachment is written there as it is found. Nothing here touches the
 database, so the same parse serves ingestion and dry runs.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import run_until
 from mailbuilder import build_mail, count
+from stagerun import run_until
 
 from emaild.intake import Envelope, Outcome
 from emaild.store.models import Case, CaseParticipant, Message, QuarantineEntry
@@ -71,3 +71,22 @@ def test_a_quarantine_disposition_writes_an_entry_and_no_message(stages_app: Any
             ctx.raw_sha256,
         )
         assert entry.headers.startswith("From: eve@elsewhere.test")
+
+
+def test_without_a_usable_from_the_reply_to_is_the_customer(stages_app: Any) -> None:
+    raw = (
+        b"From: undisclosed-recipients:;\r\nReply-To: Dana <dana@customer.test>\r\n"
+        b"To: support@example.com\r\nSubject: Help\r\nMessage-ID: <rt@x.test>\r\n\r\nhi\r\n"
+    )
+    ctx = run_until(stages_app, raw, "persist")
+    assert ctx.case is not None
+    with stages_app.db.session() as session:
+        case = session.get(Case, ctx.case.id)
+        assert case is not None and (case.customer, case.customer_name) == (
+            "dana@customer.test",
+            "Dana",
+        )
+        roles = {
+            p.address: p.role for p in session.query(CaseParticipant).filter_by(case_id=case.id)
+        }
+    assert roles == {"dana@customer.test": "customer"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import run_until
 from mailbuilder import build_mail
+from stagerun import run_until
 
 from emaild.intake import Envelope
 

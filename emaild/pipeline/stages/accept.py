@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from emaild.accept_from import sender_refusal
+from emaild.intake import LIVE_CHANNELS
 from emaild.pipeline.context import IngestContext, Outcome
-
-# Channels where the sender is still connected: a refusal is an SMTP 5xx there.
-# Anywhere else the mail is already accepted, and bouncing it would be backscatter.
-LIVE_CHANNELS = ("smtp", "lmtp")
 
 
 class AcceptStage:

@@ -48,7 +48,7 @@ class PersistStage:
                     "category": ctx.fields.category,
                     "tags": list(ctx.fields.tags),
                     "routing_address": ctx.routing.address,
-                    "customer": p.from_addr,
+                    "customer": p.customer_addr,
                     "customer_name": customer.name if customer else "",
                     "linked_case_id": ctx.linked_case_id,
                     "mentioned_number": ctx.mentioned_number,
@@ -146,8 +146,8 @@ class PersistStage:
         assert ctx.case is not None and ctx.session is not None and ctx.parsed is not None
         own = ctx.services.addresses.own_addresses()
         wanted: dict[str, str] = {}
-        if ctx.parsed.from_addr:
-            wanted[ctx.parsed.from_addr] = "customer"
+        if ctx.parsed.customer_addr:  # From, else Reply-To when From is unusable
+            wanted[ctx.parsed.customer_addr] = "customer"
         for other in ctx.parsed.cc + ctx.parsed.to:
             wanted.setdefault(other.addr, "cc")
         wanted = {a: r for a, r in wanted.items() if a not in own}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from emaild.app import App
 from emaild.intake import Envelope
 from emaild.pipeline.context import IngestContext
@@ -51,13 +49,3 @@ def run_until(app: App, raw: bytes, last: str, envelope: Envelope | None = None)
         app.db.transact(work)
         ctx.session = None
     return ctx
-
-
-@pytest.fixture
-def stages_app(make_app: Any) -> Any:
-    """An app with a second routing address that only accepts one domain."""
-    return make_app(
-        '[[address]]\naddress = "support@example.com"\npriority = "High"\n'
-        '[[address]]\naddress = "vip@example.com"\norigin = "VIP"\n'
-        'accept_from = ["@partner.test"]\nreject_action = "quarantine"\n'
-    )
