@@ -83,13 +83,18 @@ def add(session: Session, held: Held, now: datetime) -> QuarantineEntry:
     return entry
 
 
+def count_attempt(entry: QuarantineEntry, now: datetime) -> None:
+    """The same message was kept again (a retry, a re-poll): one entry, one more attempt."""
+    entry.attempts += 1
+    entry.last_attempt_at = now
+
+
 def hold(session: Session, held: Held, now: datetime) -> int:
     """Keep ``held`` in ``session``; the same held raw bytes are one entry, counted again."""
     if held.raw_sha256:
         existing = find_held(session, QuarantineEntry.raw_sha256 == held.raw_sha256)
         if existing is not None:
-            existing.attempts += 1
-            existing.last_attempt_at = now
+            count_attempt(existing, now)
             existing.error = held.error[:ERROR_KEEP_CHARS]
             existing.stage = held.stage
             return existing.id

@@ -358,8 +358,7 @@ class MailboxPoller:
             )
             if known is not None:
                 # Seen before (a re-poll after a crash, a UIDVALIDITY reset): one notice only.
-                known.attempts += 1
-                known.last_attempt_at = utcnow()
+                quarantine.count_attempt(known, utcnow())
                 return "already recorded"
             notice = self._too_large_notice(session, item)
             held = self._held("too_large", f"{error}; {notice}", "", item.size, headers)
