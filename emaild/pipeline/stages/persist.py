@@ -8,6 +8,7 @@ in the same transaction.
 from __future__ import annotations
 
 from emaild import quarantine
+from emaild.casework.events import MAIL, record_many
 from emaild.correlation.loops import fingerprint as message_fingerprint
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.store.models import Case, Message
@@ -62,6 +63,12 @@ class PersistStage:
             ctx.outcome = Outcome.APPENDED
         self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
         ctx.message = self._message(ctx, state="stored", case_id=ctx.case.id)
+        # The case's history, in this same transaction (webhooks deliver it).
+        received = (ctx.case.id, "message.received", {"message": ctx.message.id})
+        events = [received]
+        if ctx.outcome is Outcome.NEW_CASE:
+            events.insert(0, (ctx.case.id, "case.created", {"channel": ctx.envelope.channel}))
+        record_many(session, events, MAIL, now)
         ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
 
     def _quarantine(self, ctx: IngestContext) -> None:
