@@ -138,8 +138,10 @@ class Daemon:
         self.smtp = SmtpChannel(self.app, self.executor)
         if self.sockets:
             # Socket activation: systemd holds the privileged port; names come
-            # from FileDescriptorName= (lmtp, else smtp).
+            # from FileDescriptorName= (lmtp, http for the API component, else smtp).
             for inherited in self.sockets:
+                if inherited.name == "http":
+                    continue
                 if inherited.name == "lmtp":
                     await self.smtp.listen("lmtp", inherited.label, sock=inherited.sock)
                 else:

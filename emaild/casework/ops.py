@@ -97,8 +97,10 @@ def update_case(
     )
     if result.rowcount != 1:
         raise VersionConflict(f"case {number} changed meanwhile")
-    events = [(number, _event_kind(k), {"field": k, "from": getattr(case, k), "to": v})
-              for k, v in diff.items()]
+    events = [
+        (number, _event_kind(k), {"field": k, "from": getattr(case, k), "to": v})
+        for k, v in diff.items()
+    ]
     record_many(session, events, actor, now)
     return _reload(session, number)
 

@@ -155,8 +155,14 @@ def queue_reply(
     ]
     touch(session, case, now)
     record(
-        session, case.id, "reply.queued", actor, now,
-        message_id=message_id, message=row.id, to=[str(a) for a in to + cc],
+        session,
+        case.id,
+        "reply.queued",
+        actor,
+        now,
+        message_id=message_id,
+        message=row.id,
+        to=[str(a) for a in to + cc],
     )
     if request.close and case.status != "closed":
         session.expire(case)

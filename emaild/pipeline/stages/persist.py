@@ -7,6 +7,8 @@ in the same transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from emaild import quarantine
 from emaild.casework.events import MAIL, record_many
 from emaild.correlation.loops import fingerprint as message_fingerprint
@@ -64,8 +66,9 @@ class PersistStage:
         self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
         ctx.message = self._message(ctx, state="stored", case_id=ctx.case.id)
         # The case's history, in this same transaction (webhooks deliver it).
-        received = (ctx.case.id, "message.received", {"message": ctx.message.id})
-        events = [received]
+        events: list[tuple[int, str, dict[str, Any]]] = [
+            (ctx.case.id, "message.received", {"message": ctx.message.id})
+        ]
         if ctx.outcome is Outcome.NEW_CASE:
             events.insert(0, (ctx.case.id, "case.created", {"channel": ctx.envelope.channel}))
         record_many(session, events, MAIL, now)

@@ -18,9 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("cases", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("version", sa.Integer(), nullable=False, server_default="1")
-        )
+        batch_op.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="1"))
     op.create_table(
         "case_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -56,9 +54,7 @@ def upgrade() -> None:
         sa.Column("body", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
-        sa.UniqueConstraint(
-            "token_name", "key", name=op.f("uq_idempotency_keys_token_name_key")
-        ),
+        sa.UniqueConstraint("token_name", "key", name=op.f("uq_idempotency_keys_token_name_key")),
     )
 
 
