@@ -85,7 +85,8 @@ def update_case(
     case = get_case(session, number)
     if if_version is not None and case.version != if_version:
         raise VersionConflict(f"case {number} is at version {case.version}, not {if_version}")
-    diff = {k: v for k, v in changes.items() if getattr(case, k) != v}
+    before = {k: getattr(case, k) for k in changes}
+    diff = {k: v for k, v in changes.items() if before[k] != v}
     if not diff:
         return case
     values: dict[str, Any] = {**diff, "updated_at": now, "version": case.version + 1}
@@ -98,7 +99,7 @@ def update_case(
     if result.rowcount != 1:
         raise VersionConflict(f"case {number} changed meanwhile")
     events = [
-        (number, _event_kind(k), {"field": k, "from": getattr(case, k), "to": v})
+        (number, _event_kind(k), {"field": k, "from": before[k], "to": v})
         for k, v in diff.items()
     ]
     record_many(session, events, actor, now)

@@ -32,25 +32,34 @@ class BodyLimit:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 await problem_response(413, f"the body is over {limit} bytes")(scope, receive, send)
                 return
+        # A chunked body declares no length: count it here, up to the limit, and
+        # hand it on whole (the routes read whole JSON bodies anyway).
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > limit:
+                await problem_response(413, f"the body is over {limit} bytes")(
+                    scope, receive, send
+                )
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await problem_response(413, f"the body is over {limit} bytes")(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
