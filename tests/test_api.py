@@ -93,7 +93,9 @@ def test_detail_patch_etag_and_events(api: Any) -> None:
         assert case["links"] == {"linked_case": None, "follow_ups": []}
         tag = r.headers["etag"]
 
-        r = c.patch(f"/cases/{number}", json={"status": "open", "owner": "ann"}, headers={"If-Match": tag})
+        r = c.patch(
+            f"/cases/{number}", json={"status": "open", "owner": "ann"}, headers={"If-Match": tag}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "open" and r.json()["owner"] == "ann"
         assert r.headers["etag"] != tag

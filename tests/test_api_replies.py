@@ -93,9 +93,7 @@ def test_reply_round_trip_then_close_and_a_late_answer(make_api: Any, relay_sink
         assert c.get(f"/cases/{number}").json()["links"]["follow_ups"] == [result.case_number]
 
 
-def test_one_idempotency_key_sent_twice_at_once_queues_one_reply(
-    api: Any, relay_sink: Any
-) -> None:
+def test_one_idempotency_key_sent_twice_at_once_queues_one_reply(api: Any, relay_sink: Any) -> None:
     number = mail_in(api, build_mail())
     barrier = threading.Barrier(2)
     answers: list[Any] = []

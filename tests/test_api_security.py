@@ -31,7 +31,9 @@ def mail_in(api: Any, raw: bytes) -> int:
 def test_html_attachment_and_raw_message_are_downloads(api: Any) -> None:
     number = mail_in(api, HTML_MAIL)
     with api.client("read") as c:
-        [message] = [m for m in c.get(f"/cases/{number}").json()["messages"] if m["direction"] == "in"]
+        [message] = [
+            m for m in c.get(f"/cases/{number}").json()["messages"] if m["direction"] == "in"
+        ]
         [attachment] = message["attachments"]
         r = c.get(f"/attachments/{attachment['id']}")
         assert r.status_code == 200
@@ -83,11 +85,17 @@ def test_cr_lf_in_reply_fields_is_refused_or_neutralised(api: Any, relay_sink: A
         ):
             r = c.post(f"/cases/{number}/replies", json={"text": "x", field: value})
             assert r.status_code == 422, (field, value, r.text)
-        bad_type = {"filename": "a.txt", "content_type": "text/plain\r\nX-Injected: 1",
-                    "content_base64": base64.b64encode(b"hi").decode()}
-        assert c.post(
-            f"/cases/{number}/replies", json={"text": "x", "attachments": [bad_type]}
-        ).status_code == 422
+        bad_type = {
+            "filename": "a.txt",
+            "content_type": "text/plain\r\nX-Injected: 1",
+            "content_base64": base64.b64encode(b"hi").decode(),
+        }
+        assert (
+            c.post(
+                f"/cases/{number}/replies", json={"text": "x", "attachments": [bad_type]}
+            ).status_code
+            == 422
+        )
         assert count(api.app, OutboxItem, OutboxItem.kind == "reply") == 0
 
         neutralised = {

@@ -99,8 +99,7 @@ def update_case(
     if result.rowcount != 1:
         raise VersionConflict(f"case {number} changed meanwhile")
     events = [
-        (number, _event_kind(k), {"field": k, "from": before[k], "to": v})
-        for k, v in diff.items()
+        (number, _event_kind(k), {"field": k, "from": before[k], "to": v}) for k, v in diff.items()
     ]
     record_many(session, events, actor, now)
     return _reload(session, number)

@@ -43,9 +43,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
             if seen > limit:
-                await problem_response(413, f"the body is over {limit} bytes")(
-                    scope, receive, send
-                )
+                await problem_response(413, f"the body is over {limit} bytes")(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break

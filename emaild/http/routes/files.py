@@ -26,9 +26,10 @@ SAFE_HEADERS = {
     "Content-Security-Policy": "sandbox; default-src 'none'",
     "Cache-Control": "private, no-store",
 }
-_DOWNLOAD: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the file"}
-}
+
+
+def _download_doc(media_type: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {media_type: {}}, "description": "the file, as a download"}}
 
 
 def _disposition(filename: str) -> str:
@@ -47,7 +48,7 @@ def _download(ctx: ApiContext, sha256: str, filename: str, media_type: str) -> F
 @router.get(
     "/messages/{message}/raw",
     response_class=FileResponse,
-    responses={**_DOWNLOAD, **documented(401, 403, 404, 422)},
+    responses={**_download_doc("message/rfc822"), **documented(401, 403, 404, 422)},
 )
 async def raw_message(message: RowId, ctx: Ctx, _: Principal = READ) -> FileResponse:
     """The message exactly as stored (.eml)."""
@@ -66,7 +67,7 @@ async def raw_message(message: RowId, ctx: Ctx, _: Principal = READ) -> FileResp
 @router.get(
     "/attachments/{attachment}",
     response_class=FileResponse,
-    responses={**_DOWNLOAD, **documented(401, 403, 404, 422)},
+    responses={**_download_doc("application/octet-stream"), **documented(401, 403, 404, 422)},
 )
 async def attachment_file(attachment: RowId, ctx: Ctx, _: Principal = READ) -> FileResponse:
     """An attachment's bytes, as a download (never rendered)."""
