@@ -72,6 +72,11 @@ class HttpComponent:
 
         if self.sock is None:
             self.sock = bind(self.address)
+        # uvicorn writes a response's head and body separately: without NODELAY
+        # (accepted sockets inherit it from this one) Nagle holds the body back
+        # until the client's delayed ACK, 40 ms on every request.
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         http = self.app.config.http
         config = uvicorn.Config(
             create_app(self.app, host.run_sync),
