@@ -3,9 +3,12 @@ auth, case list/detail/patch, notes, events, idempotency and the ETag race."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import Any
 
+import httpx
+import pytest
 from mailbuilder import build_mail, count
 
 from emaild.intake import Envelope, Outcome
@@ -241,3 +244,14 @@ def test_every_error_is_a_problem_document(api: Any) -> None:
         ):
             assert r.headers["content-type"] == PROBLEM, r.text
             assert {"type", "title", "status"} <= set(r.json())
+
+
+def test_https_when_tls_files_are_set(make_api: Any, relay_certificate: Any) -> None:
+    cert, key = relay_certificate
+    api = make_api(f'[http]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    url = api.base.replace("http://", "https://") + "/api/v1/cases"
+    headers = {"Authorization": f"Bearer {api.tokens['read']}"}
+    trust = ssl.create_default_context(cafile=str(cert))
+    assert httpx.get(url, headers=headers, verify=trust, timeout=10).status_code == 200
+    with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets nowhere
+        httpx.get(api.base + "/api/v1/health", timeout=5)

@@ -30,7 +30,7 @@ from emaild.errors import InputError
 from emaild.outbox.queue import WIRE_POLICY, enqueue
 from emaild.store.blobs import BlobStore
 from emaild.store.models import Case, CaseParticipant, Message, OutboxItem
-from emaild.store.rows import insert_row
+from emaild.store.rows import add_participants, insert_row
 from emaild.text import one_line
 
 MAX_RECIPIENTS = 50
@@ -153,6 +153,13 @@ def queue_reply(
         ).id
         for a in to + cc
     ]
+    # Whoever the agent wrote to takes part in the case now: their answers may join it.
+    add_participants(
+        session,
+        case.id,
+        {a.addr_spec: "cc" for a in to + cc if a.addr_spec not in own_addresses},
+        new=False,
+    )
     touch(session, case, now)
     record(
         session,
