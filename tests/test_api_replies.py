@@ -131,3 +131,24 @@ def test_reply_failure_paths(api: Any) -> None:
         assert c.post(f"/cases/{number}/replies", json=bad).status_code == 422
     assert count(api.app, OutboxItem, OutboxItem.kind == "reply") == 0
     assert count(api.app, Case) == 1
+
+
+def test_a_reply_to_a_closed_case_reopens_it_as_an_event(api: Any, relay_sink: Any) -> None:
+    number = mail_in(api, build_mail(message_id="<q1@customer.test>"))
+    with api.client("write") as c:
+        closed = c.patch(f"/cases/{number}", json={"status": "closed"})
+        tag = closed.headers["etag"]
+        answer = build_mail(
+            message_id="<a1@customer.test>", headers="In-Reply-To: <q1@customer.test>\r\n"
+        )
+        result = api.app.pipeline.ingest(answer, Envelope(channel="pipe"))
+        assert (result.outcome, result.case_number) == (Outcome.APPENDED, number)
+        events = c.get(f"/cases/{number}/events").json()["items"]
+        assert (events[-1]["kind"], events[-1]["actor"], events[-1]["data"]["to"]) == (
+            "case.status",
+            "mail",
+            "open",
+        )
+        # The agent who saw it closed cannot overwrite the reopening unknowingly.
+        stale = c.patch(f"/cases/{number}", json={"owner": "x"}, headers={"If-Match": tag})
+        assert stale.status_code == 412

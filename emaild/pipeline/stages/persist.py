@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import inspect
+
 from emaild import quarantine
 from emaild.casework.events import MAIL, record_many
 from emaild.correlation.loops import fingerprint as message_fingerprint
@@ -71,6 +73,12 @@ class PersistStage:
         ]
         if ctx.outcome is Outcome.NEW_CASE:
             events.insert(0, (ctx.case.id, "case.created", {"channel": ctx.envelope.channel}))
+        else:
+            status = inspect(ctx.case).attrs.status.history
+            if status.deleted and status.added:  # correlate reopened it (closed-case policy)
+                ctx.case.version += 1
+                change = {"field": "status", "from": status.deleted[0], "to": status.added[0]}
+                events.append((ctx.case.id, "case.status", change))
         record_many(session, events, MAIL, now)
         ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
 
