@@ -17,10 +17,13 @@ from typing import Any
 
 from emaild.mime import charsets
 from emaild.mime.headers import decode_value
+from emaild.text import one_line
 
 _BODY_TYPES = ("text/plain", "text/html")
 _MAX_NOTES = 50
 _PARAM_HEADERS = ("content-type", "content-disposition")
+# An attachment's name as stored: longer is not a name a person gave.
+MAX_NAME_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ def _eight_bit_params(part: Message, hints: list[str]) -> Message:
 
 
 def _one_line(value: str) -> str:
-    return " ".join(value.replace("\x00", "").split())
+    # NUL is dropped, not spaced: it is what broken encoders put inside names.
+    return one_line(value.replace("\x00", ""), MAX_NAME_CHARS)
 
 
 def _generated_name(index: int, ctype: str) -> str:
