@@ -7,20 +7,22 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 
 from emaild.app import App
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class RunSync(Protocol):
+    """``Host.run_sync``: blocking work in the daemon's bounded worker pool."""
+
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
 
+# Without a daemon (an embedding test or tool): asyncio's default pool.
 async def _default_run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(
         None, functools.partial(fn, *args, **kwargs)
