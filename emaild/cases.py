@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from emaild.config import Config
@@ -13,25 +13,6 @@ from emaild.store.models import Case, Message
 
 def case_number(number: int) -> str:
     return f"{number:08d}"
-
-
-def list_cases(
-    session: Session, *, status: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    counts = (
-        select(Message.case_id, func.count(Message.id).label("n"))
-        .group_by(Message.case_id)
-        .subquery()
-    )
-    query = (
-        select(Case, func.coalesce(counts.c.n, 0))
-        .outerjoin(counts, counts.c.case_id == Case.id)
-        .order_by(Case.id.desc())
-        .limit(limit)
-    )
-    if status:
-        query = query.where(Case.status == status)
-    return [case_summary(case, int(n)) for case, n in session.execute(query)]
 
 
 def case_summary(case: Case, message_count: int) -> dict[str, Any]:
@@ -52,6 +33,8 @@ def case_summary(case: Case, message_count: int) -> dict[str, Any]:
         "message_count": message_count,
         "created_at": case.created_at.isoformat(),
         "updated_at": case.updated_at.isoformat(),
+        "closed_at": case.closed_at.isoformat() if case.closed_at else None,
+        "version": case.version,
     }
 
 
@@ -101,6 +84,7 @@ def message_detail(m: Message) -> dict[str, Any]:
         "defects": list(m.defects or []),
         "attachments": [
             {
+                "id": a.id,
                 "filename": a.filename,
                 "content_type": a.content_type,
                 "content_id": a.content_id,

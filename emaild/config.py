@@ -151,6 +151,13 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
         smtp = smtp.model_copy(update={"listen": [env["EMAILD_SMTP_LISTEN"]]})
     if env.get("EMAILD_LMTP_LISTEN"):
         smtp = smtp.model_copy(update={"lmtp_listen": [env["EMAILD_LMTP_LISTEN"]]})
+    http = config.http.model_copy(
+        update={k: rel(getattr(config.http, k)) for k in ("tls_cert", "tls_key")}
+    )
+    if env.get("EMAILD_HTTP_LISTEN") is not None:
+        http = http.model_copy(update={"listen": env["EMAILD_HTTP_LISTEN"].strip()})
+    if bool(http.tls_cert) != bool(http.tls_key):
+        raise ConfigError("set both tls_cert and tls_key, or neither", key="http")
     relay = config.relay.model_copy(
         update={k: rel(getattr(config.relay, k)) for k in ("password_file", "ca_file")}
     )
@@ -171,6 +178,7 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "templates_dir": templates_dir,
             "address": addresses,
             "smtp": smtp,
+            "http": http,
             "relay": relay,
             "threading": threading,
             "source": str(path) if path else "",

@@ -288,6 +288,17 @@ class VerificationConfig(Section):
     hold_unverified: bool = True
 
 
+class HttpConfig(Section):
+    """The HTTP API (``emaild.http``) served inside ``emaild run``."""
+
+    # "HOST:PORT"; empty = no HTTP server (unless systemd passes an "http" socket).
+    listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Request bodies above this are refused with 413 before they are parsed.
+    max_body_bytes: Annotated[int, Field(gt=0)] = 10 * MiB
+
+
 class DaemonConfig(Section):
     """Process lifecycle under systemd."""
 
@@ -309,6 +320,7 @@ class Config(Section):
     relay: RelayConfig = RelayConfig()
     autoresponse: AutoResponseConfig = AutoResponseConfig()
     daemon: DaemonConfig = DaemonConfig()
+    http: HttpConfig = HttpConfig()
     verification: VerificationConfig = VerificationConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;

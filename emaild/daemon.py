@@ -136,10 +136,12 @@ class Daemon:
 
     async def _start_listeners(self) -> None:
         self.smtp = SmtpChannel(self.app, self.executor)
-        if self.sockets:
+        # An "http" socket is the API component's (emaild run hands it over).
+        mail_sockets = [s for s in self.sockets if s.name != "http"]
+        if mail_sockets:
             # Socket activation: systemd holds the privileged port; names come
             # from FileDescriptorName= (lmtp, else smtp).
-            for inherited in self.sockets:
+            for inherited in mail_sockets:
                 if inherited.name == "lmtp":
                     await self.smtp.listen("lmtp", inherited.label, sock=inherited.sock)
                 else:

@@ -267,3 +267,28 @@ def make_relay_sink() -> Iterator[Any]:
 def relay_sink(make_relay_sink: Any) -> Any:
     """A running plain-SMTP ``RelaySink``; ``relay_sink.relay_env`` points emaild at it."""
     return make_relay_sink()
+
+
+# --- the daemon with its HTTP API on loopback (tests/apiserver.py) -------------------
+@pytest.fixture
+def make_api(make_app: Any, relay_sink: Any) -> Iterator[Any]:
+    """``make_api(toml)``: a running daemon with the API, outbox delivering to ``relay_sink``."""
+    from apiserver import API_TOML, LOOPBACK, ApiServer
+
+    servers: list[ApiServer] = []
+
+    def make(toml: str = "", **env: str) -> ApiServer:
+        application = make_app(API_TOML + toml, **{**LOOPBACK, **relay_sink.relay_env, **env})
+        server = ApiServer(application).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api(make_api: Any) -> Any:
+    """A running ``ApiServer`` with default config."""
+    return make_api()

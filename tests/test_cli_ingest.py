@@ -61,6 +61,7 @@ def test_ingest_creates_database_and_prints_case_number(
     assert "<p>Der Drucker ist kaputt.</p>" in message["html"]
     assert message["attachments"] == [
         {
+            "id": 1,  # GET /api/v1/attachments/{id}
             "filename": "Fehlerbericht ä.txt",
             "content_type": "application/octet-stream",
             "content_id": "",

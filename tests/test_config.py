@@ -112,14 +112,27 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "EMAILD_SMTP_LISTEN": "127.0.0.2:2626",
         "EMAILD_LMTP_LISTEN": "127.0.0.2:2727",
         "EMAILD_SMTP_RELAY": "127.0.0.3:2828",
+        "EMAILD_HTTP_LISTEN": "127.0.0.2:8026",
     }
     config = load_config(None, env)
+    assert config.http.listen == "127.0.0.2:8026"
     assert config.state_dir == tmp_path / "s"
     assert config.database_url == "postgresql+psycopg://u@h/db"
     assert config.rules_dir == str(tmp_path / "r")
     assert config.smtp.listen == ["127.0.0.2:2626"]
     assert config.smtp.lmtp_listen == ["127.0.0.2:2727"]
     assert (config.relay.host, config.relay.port) == ("127.0.0.3", 2828)
+
+
+def test_http_listen_is_off_by_default_and_tls_needs_both_files(tmp_path: Path) -> None:
+    assert load_config(None, {"HOME": str(tmp_path)}).http.listen == ""
+    path = tmp_path / "emaild.toml"
+    path.write_text('[http]\nlisten = "127.0.0.1:8025"\ntls_cert = "cert.pem"\n')
+    with pytest.raises(ConfigError, match="tls_key"):
+        load_config(path, {"HOME": str(tmp_path)})
+    path.write_text('[http]\nlisten = "127.0.0.1:8025"\n')
+    off = load_config(path, {"HOME": str(tmp_path), "EMAILD_HTTP_LISTEN": ""})
+    assert off.http.listen == ""  # the environment can switch the API off
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:

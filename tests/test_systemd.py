@@ -19,7 +19,7 @@ from smtp_helpers import daemon_process
 from emaild.systemd import Notifier, listen_fds
 
 
-@pytest.mark.parametrize("unit", ["emaild.service", "emaild.socket"])
+@pytest.mark.parametrize("unit", ["emaild.service", "emaild.socket", "emaild-http.socket"])
 def test_units_pass_systemd_analyze_verify(unit: str) -> None:
     analyze = shutil.which("systemd-analyze")
     require(analyze is not None, "systemd-analyze is not installed")

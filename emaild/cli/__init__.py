@@ -37,9 +37,22 @@ def _register() -> None:
         rules,
         run,
         status,
+        token,
     )
 
-    modules = (address, cases, check, ingest, mailbox, outbox, quarantine, rules, run, status)
+    modules = (
+        address,
+        cases,
+        check,
+        ingest,
+        mailbox,
+        outbox,
+        quarantine,
+        rules,
+        run,
+        status,
+        token,
+    )
     for module in modules:
         module.register(cli)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC
+from typing import Any
 
 import click
 
@@ -18,16 +20,29 @@ def cases_group() -> None:
 
 @cases_group.command("list")
 @click.option("--status", default=None, help="Only cases with this status.")
-@click.option("--limit", default=100, show_default=True, help="Newest N cases.")
+@click.option("--priority", default=None, help="Only cases with this priority.")
+@click.option("--origin", default=None, help="Only cases with this origin.")
+@click.option("--owner", default=None, help="Only cases of this owner.")
+@click.option("--address", "routing_address", default=None, help="Only this routing address.")
+@click.option("--customer", default=None, help="Only cases of this customer address.")
+@click.option("--tag", default=None, help="Only cases with this tag.")
+@click.option(
+    "--updated-since", type=click.DateTime(), default=None, help="Only cases changed since (UTC)."
+)
+@click.option("--search", "q", default=None, help="Only cases whose subject contains this.")
+@click.option("--limit", default=100, show_default=True, help="Newest N cases (max 200).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array for scripts.")
 @pass_ctx
-def list_cmd(ctx: Context, status: str | None, limit: int, as_json: bool) -> None:
-    """List cases, newest first."""
-    from emaild.cases import case_number, list_cases
+def list_cmd(ctx: Context, /, limit: int, as_json: bool, **filters: Any) -> None:
+    """List cases, newest first (the filters are the API's GET /cases ones)."""
+    from emaild.cases import case_number
+    from emaild.casework.query import CaseFilter, find_cases
 
+    if filters["updated_since"] is not None:
+        filters["updated_since"] = filters["updated_since"].replace(tzinfo=UTC)
     app = ctx.app()
     with app.db.session() as session:
-        rows = list_cases(session, status=status, limit=limit)
+        rows, _next = find_cases(session, CaseFilter(**filters), limit=limit)
     if as_json:
         echo_json(rows)
         return
@@ -112,4 +127,8 @@ def show_cmd(ctx: Context, number: int, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
+    from emaild.cli.case_actions import COMMANDS
+
+    for command in COMMANDS:
+        cases_group.add_command(command)
     group.add_command(cases_group)

@@ -17,25 +17,28 @@ def run_cmd(ctx: Context) -> None:
     """Run the daemon until SIGTERM (exit 0 after draining); SIGHUP reloads.
 
     Listens for SMTP on smtp.listen (default 127.0.0.1:2525, env
-    EMAILD_SMTP_LISTEN) and LMTP on smtp.lmtp_listen (env EMAILD_LMTP_LISTEN),
-    or on the sockets systemd passes (socket activation).
+    EMAILD_SMTP_LISTEN), LMTP on smtp.lmtp_listen (env EMAILD_LMTP_LISTEN) and
+    the HTTP API on http.listen (env EMAILD_HTTP_LISTEN), or on the sockets
+    systemd passes (socket activation).
     """
     from emaild.channels.imap.component import imap_component
     from emaild.daemon import ComponentFactory, Daemon
+    from emaild.http.server import http_component
     from emaild.outbox.component import outbox_component
     from emaild.systemd import listen_fds
     from emaild.verification.release import ReleaseJob
 
-    # What runs beside the listeners, in start order.
+    app = ctx.app()
+    # Taken (and removed from the environment) before anything else can fork.
+    sockets = listen_fds(os.environ)
+    # What runs beside the listeners, in start order (the API last: it may
+    # answer only once everything it reports on runs).
     components: tuple[ComponentFactory, ...] = (
         outbox_component,
         lambda app: ReleaseJob(app.pipeline.release_held),
         imap_component,
+        lambda app: http_component(app, sockets),
     )
-
-    app = ctx.app()
-    # Taken (and removed from the environment) before anything else can fork.
-    sockets = listen_fds(os.environ)
     daemon = Daemon(
         app,
         config_path=config_path_from(ctx.config_path, os.environ),

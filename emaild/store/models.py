@@ -84,6 +84,9 @@ class Case(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Bumped by every change through emaild.casework: the API's ETag, and the
+    # compare-and-set that keeps two agents from overwriting each other.
+    version: Mapped[int] = mapped_column(Integer, default=1)
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="case", order_by="Message.id", foreign_keys="Message.case_id"
@@ -295,3 +298,51 @@ class VerificationToken(Base):
     used_via: Mapped[str] = mapped_column(String(32), default="")
     # The message that carried the token back (None: confirmed by hand, or unused).
     message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
+
+
+class CaseEvent(Base):
+    """One thing that happened to a case (created, message in, reply out, status,
+    note...), written in the same transaction as the change; webhooks deliver them."""
+
+    __tablename__ = "case_events"
+    __table_args__ = (Index("ix_case_events_case_id_id", "case_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    # Who: an API token's name, "cli", or "mail" for the pipeline.
+    actor: Mapped[str] = mapped_column(String(255), default="")
+    at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """An HTTP API token; only its sha256 is stored (``emaild token add``)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+
+
+class IdempotencyKey(Base):
+    """The first answer to a POST with an ``Idempotency-Key``, replayed for repeats.
+
+    Written in the same transaction as the POST's change, so the unique key
+    decides which of two concurrent requests does the work.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("token_name", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_name: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    # sha256 of method, path and body: the same key for another request is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer, default=0)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]

@@ -7,7 +7,12 @@ in the same transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import inspect
+
 from emaild import quarantine
+from emaild.casework.events import MAIL, record_many
 from emaild.correlation.loops import fingerprint as message_fingerprint
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.store.models import Case, Message
@@ -62,6 +67,19 @@ class PersistStage:
             ctx.outcome = Outcome.APPENDED
         self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
         ctx.message = self._message(ctx, state="stored", case_id=ctx.case.id)
+        # The case's history, in this same transaction (webhooks deliver it).
+        events: list[tuple[int, str, dict[str, Any]]] = [
+            (ctx.case.id, "message.received", {"message": ctx.message.id})
+        ]
+        if ctx.outcome is Outcome.NEW_CASE:
+            events.insert(0, (ctx.case.id, "case.created", {"channel": ctx.envelope.channel}))
+        else:
+            status = inspect(ctx.case).attrs.status.history
+            if status.deleted and status.added:  # correlate reopened it (closed-case policy)
+                ctx.case.version += 1
+                change = {"field": "status", "from": status.deleted[0], "to": status.added[0]}
+                events.append((ctx.case.id, "case.status", change))
+        record_many(session, events, MAIL, now)
         ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
 
     def _quarantine(self, ctx: IngestContext) -> None:
