@@ -461,7 +461,7 @@ def test_check_refuses_a_bad_rule_file_with_exit_78(run_cli: Any, tmp_path: Path
     assert proc.stderr.decode().startswith(
         f"emaild: {bad}:4: rule 'ack': no auto-response template 'nope' (have: "
     )
-    good = run_cli("check", env={"EMAILD_RULES_DIR": str(ROOT / "rules")})
+    good = run_cli("check", env={"EMAILD_RULES_DIR": str(ROOT / "emaild" / "defaults" / "rules")})
     assert good.returncode == 0, good.stderr
     assert b"rules" in good.stdout
 
@@ -516,7 +516,12 @@ def test_rules_test_on_unparseable_input_says_it_would_be_quarantined(
 
 
 def test_rules_list_shows_the_shipped_rules_in_order(run_cli: Any) -> None:
-    proc = run_cli("rules", "list", "--json", env={"EMAILD_RULES_DIR": str(ROOT / "rules")})
+    proc = run_cli(
+        "rules",
+        "list",
+        "--json",
+        env={"EMAILD_RULES_DIR": str(ROOT / "emaild" / "defaults" / "rules")},
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     names = [r["name"] for r in rows]

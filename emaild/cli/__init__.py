@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from emaild.cli.base import Context, EmaildGroup
+from emaild.cli.base import Context, EmaildGroup, add_config_option
 from emaild.errors import EX_SOFTWARE
 
 
@@ -42,6 +42,8 @@ def _register() -> None:
     modules = (address, cases, check, ingest, mailbox, outbox, quarantine, rules, run, status)
     for module in modules:
         module.register(cli)
+    for command in cli.commands.values():
+        add_config_option(command)
 
 
 _register()
