@@ -17,7 +17,13 @@ def cases_group() -> None:
 
 
 @cases_group.command("list")
-@click.option("--status", default=None, help="Only cases with this status.")
+@click.option(
+    "--status",
+    # The values emaild.store.models.Case.status takes (persist, correlation.match).
+    type=click.Choice(["new", "open", "closed"]),
+    default=None,
+    help="Only cases with this status.",
+)
 @click.option("--limit", default=100, show_default=True, help="Newest N cases.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array for scripts.")
 @pass_ctx

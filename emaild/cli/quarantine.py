@@ -94,6 +94,8 @@ def retry_cmd(ctx: Context, entry_ids: tuple[int, ...], retry_all: bool, release
     """
     from emaild.quarantine import list_entries, retry
 
+    if not entry_ids and not retry_all:
+        raise click.UsageError("name entry ids or use --all")
     app = ctx.app()
     ids = list(entry_ids)
     if retry_all:
