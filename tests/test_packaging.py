@@ -134,5 +134,7 @@ def test_the_wheel_carries_defaults_and_license_and_nothing_missing(installed: P
         if shipped.is_file():
             assert str(shipped.relative_to(ROOT)) in names
     assert any(n.endswith("licenses/LICENSE") for n in names)
+    assert "emaild-0.1.0.data/data/share/man/man1/emaild.1" in names
+    assert (installed.parent / "share" / "man" / "man1" / "emaild.1").is_file()
     metadata = zipfile.ZipFile(wheel).read("emaild-0.1.0.dist-info/METADATA").decode()
     assert "License-Expression: MIT" in metadata
