@@ -103,7 +103,7 @@ def run_forwarding_test(
     report = ForwardingReport(address=routing.address, relay=relay)
     now = utc_now(app)
     ttl = timedelta(hours=app.config.verification.token_ttl_hours)
-    domain = app.services.signer.domain
+    domain = app.services.signer.domain_for(routing.address)
 
     def queue(session: Session) -> tuple[int, int]:
         token, row = issue(

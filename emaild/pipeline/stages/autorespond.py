@@ -119,7 +119,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
     if not hide:
         # The case's tag in the subject (threading's format; replaces other cases' tags).
         rendered = replace(rendered, subject=signer.mark_subject(rendered.subject, case.id))
-    message_id = signer.message_id(case.id)
+    message_id = signer.message_id(case.id, ctx.routing.address)
     raw = compose(
         rendered,
         from_name=ctx.routing.name,
