@@ -177,6 +177,9 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "threading": threading,
             "source": str(path) if path else "",
             "default_address_only": not config.address,
+            "relay_configured": bool(
+                env.get("EMAILD_SMTP_RELAY") or {"host", "port"} & config.relay.model_fields_set
+            ),
         }
     )
 

@@ -314,6 +314,9 @@ class Config(Section):
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).
     default_address_only: bool = Field(default=False, exclude=True)
+    # False when neither [relay] host/port nor EMAILD_SMTP_RELAY chose the relay: the
+    # default 127.0.0.1:25 is a guess, said once (log, status) rather than per retry.
+    relay_configured: bool = Field(default=False, exclude=True)
 
     # --- resolved paths -------------------------------------------------
     @property

@@ -104,6 +104,10 @@ def gather_status(app: App) -> dict[str, Any]:
             "last_error": last_error or "",
         },
         "quarantine": {"held": quarantine.get("held", 0), "by_status": quarantine},
+        "relay": {
+            "address": f"{app.config.relay.host}:{app.config.relay.port}",
+            "configured": app.config.relay_configured,
+        },
         "held_messages": sum(int(a["held_messages"]) for a in addresses),
         "quarantine_errors": errors,
     }
@@ -127,6 +131,12 @@ def attention(data: dict[str, Any]) -> list[str]:
         for c in data["channels"]
         if c["consecutive_failures"]
     ]
+    relay = data["relay"]
+    if not relay["configured"] and data["outbox"]["queued"] and data["outbox"]["last_error"]:
+        out.append(
+            f"outbox: no relay configured ([relay] host), the default {relay['address']} "
+            f"fails: {data['outbox']['queued']} queued"
+        )
     if data["outbox"]["failed"]:
         out.append(
             f"outbox: {data['outbox']['failed']} failed (emaild outbox list --status failed)"

@@ -92,6 +92,8 @@ def _print(data: dict[str, Any]) -> None:
     if box["oldest_queued_at"]:
         line += f"; oldest queued {age(box['oldest_queued_at'], now)}"
     click.echo(line)
+    if not data["relay"]["configured"]:
+        click.echo(f"  relay: {data['relay']['address']} (the default: no [relay] configured)")
     if box["last_error"] and (box["queued"] or box["failed"]):
         click.echo(f"  last relay error: {box['last_error'][:100]}")
     q = data["quarantine"]
