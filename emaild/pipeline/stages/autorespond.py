@@ -32,7 +32,7 @@ import structlog
 from sqlalchemy import bindparam, func, select
 
 from emaild.autoresponse.bounces import record_bounce
-from emaild.autoresponse.compose import Reply, compose, usable_address
+from emaild.autoresponse.compose import Reply, compose, smtp_address, usable_address
 from emaild.autoresponse.templates import merge_fields
 from emaild.cases import case_number
 from emaild.classify import is_no_reply_address
@@ -104,6 +104,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         log.error("autoresponse.unknown_template", template=name, case=ctx.case.id)
         return None
     recipient, recipient_name = _recipient(ctx)
+    recipient = smtp_address(recipient)
     signer = ctx.services.signer
     case = ctx.case
     hide = template.hide_record_information
