@@ -22,6 +22,7 @@ from emaild.config_model import (
     LimitsConfig,
     LoggingConfig,
     MailboxConfig,
+    PostfixConfig,
     Priority,
     RelayConfig,
     RoutingAddress,
@@ -45,6 +46,7 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "MailboxConfig",
+    "PostfixConfig",
     "Priority",
     "RelayConfig",
     "RoutingAddress",
@@ -159,6 +161,7 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
     threading = config.threading.model_copy(
         update={"secret_file": rel(config.threading.secret_file)}
     )
+    postfix = config.postfix.model_copy(update={"maps_dir": rel(config.postfix.maps_dir)})
     if env.get("EMAILD_SMTP_RELAY"):
         host, _, port = env["EMAILD_SMTP_RELAY"].rpartition(":")
         if not host or not port.isdigit():
@@ -175,6 +178,7 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "smtp": smtp,
             "relay": relay,
             "threading": threading,
+            "postfix": postfix,
             "source": str(path) if path else "",
             "default_address_only": not config.address,
             "relay_configured": bool(

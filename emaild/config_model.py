@@ -288,6 +288,15 @@ class VerificationConfig(Section):
     hold_unverified: bool = True
 
 
+class PostfixConfig(Section):
+    """Postfix maps generated from the address book (``emaild postfix maps``)."""
+
+    maps_dir: str = ""
+    transport: str = "lmtp:inet:127.0.0.1:2526"
+    map_type: str = "hash"
+    postmap: str = "postmap"
+
+
 class DaemonConfig(Section):
     """Process lifecycle under systemd."""
 
@@ -309,6 +318,7 @@ class Config(Section):
     relay: RelayConfig = RelayConfig()
     autoresponse: AutoResponseConfig = AutoResponseConfig()
     daemon: DaemonConfig = DaemonConfig()
+    postfix: PostfixConfig = PostfixConfig()
     verification: VerificationConfig = VerificationConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;

@@ -33,13 +33,26 @@ def _register() -> None:
         ingest,
         mailbox,
         outbox,
+        postfix,
         quarantine,
         rules,
         run,
         status,
     )
 
-    modules = (address, cases, check, ingest, mailbox, outbox, quarantine, rules, run, status)
+    modules = (
+        address,
+        cases,
+        check,
+        ingest,
+        mailbox,
+        outbox,
+        postfix,
+        quarantine,
+        rules,
+        run,
+        status,
+    )
     for module in modules:
         module.register(cli)
     for command in cli.commands.values():
