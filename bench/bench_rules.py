@@ -73,7 +73,7 @@ def generated_rules(count: int, seed: int = 5) -> str:
 
 
 def rule_set(generated: int, *, index: bool = True) -> RuleSet:
-    shipped = load_rules(ROOT / "rules").rules
+    shipped = load_rules(ROOT / "emaild" / "defaults" / "rules").rules
     extra = tuple(parse_rules(generated_rules(generated), "generated.toml")) if generated else ()
     return RuleSet(shipped + extra, index=index)
 
@@ -134,7 +134,7 @@ def main() -> None:
     messages = corpus_messages(args.corpus)
     print(f"messages: {len(messages)} from {args.corpus}, plus 100 synthetic ones that hit rules")
     messages += synthetic_messages(100, 1000)
-    shipped = len(load_rules(ROOT / "rules"))
+    shipped = len(load_rules(ROOT / "emaild" / "defaults" / "rules"))
     results = {}
     for label, generated, index in (
         ("10 rules", 10 - shipped, True),

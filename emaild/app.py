@@ -33,8 +33,10 @@ class App:
         """Create the state directory and database on first use; migrate the schema."""
         state = Path(config.state_dir)
         try:
-            state.mkdir(parents=True, exist_ok=True)
-            config.blob_dir.mkdir(parents=True, exist_ok=True)
+            # Private whatever the umask: mail, customers' addresses and the
+            # token secret live here. An existing directory keeps the admin's mode.
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            config.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
                 f"cannot create {exc.filename}: {exc.strerror}", key="storage.state_dir"

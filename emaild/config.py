@@ -22,6 +22,7 @@ from emaild.config_model import (
     LimitsConfig,
     LoggingConfig,
     MailboxConfig,
+    PostfixConfig,
     Priority,
     RelayConfig,
     RoutingAddress,
@@ -36,6 +37,7 @@ from emaild.tomlsource import TomlSource
 
 # The configuration model is part of this module's interface: import it from here.
 __all__ = [
+    "DEFAULTS_DIR",
     "PRIORITIES",
     "PROJECT_ROOT",
     "AutoResponseConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "MailboxConfig",
+    "PostfixConfig",
     "Priority",
     "RelayConfig",
     "RoutingAddress",
@@ -57,6 +60,9 @@ __all__ = [
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The shipped rules and templates are package data (the repository's only copy),
+# so an installed wheel runs without any directory configured.
+DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 DEFAULT_ADDRESS = {"address": "support@example.com", "name": "Example Support"}
 
 
@@ -127,11 +133,9 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
         }
     )
     rules_dir = env.get("EMAILD_RULES_DIR") or rel(config.rules_dir)
-    if not rules_dir and (PROJECT_ROOT / "rules").is_dir():
-        rules_dir = str(PROJECT_ROOT / "rules")
+    rules_dir = rules_dir or str(DEFAULTS_DIR / "rules")
     templates_dir = env.get("EMAILD_TEMPLATES_DIR") or rel(config.templates_dir)
-    if not templates_dir and (PROJECT_ROOT / "config" / "templates").is_dir():
-        templates_dir = str(PROJECT_ROOT / "config" / "templates")
+    templates_dir = templates_dir or str(DEFAULTS_DIR / "templates")
     addresses = list(config.address) or [RoutingAddress.model_validate(DEFAULT_ADDRESS)]
     seen: dict[str, str] = {}
     for routing in addresses:
@@ -164,6 +168,7 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
     threading = config.threading.model_copy(
         update={"secret_file": rel(config.threading.secret_file)}
     )
+    postfix = config.postfix.model_copy(update={"maps_dir": rel(config.postfix.maps_dir)})
     if env.get("EMAILD_SMTP_RELAY"):
         host, _, port = env["EMAILD_SMTP_RELAY"].rpartition(":")
         if not host or not port.isdigit():
@@ -181,8 +186,12 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "http": http,
             "relay": relay,
             "threading": threading,
+            "postfix": postfix,
             "source": str(path) if path else "",
             "default_address_only": not config.address,
+            "relay_configured": bool(
+                env.get("EMAILD_SMTP_RELAY") or {"host", "port"} & config.relay.model_fields_set
+            ),
         }
     )
 

@@ -299,6 +299,15 @@ class HttpConfig(Section):
     max_body_bytes: Annotated[int, Field(gt=0)] = 10 * MiB
 
 
+class PostfixConfig(Section):
+    """Postfix maps generated from the address book (``emaild postfix maps``)."""
+
+    maps_dir: str = ""
+    transport: str = "lmtp:inet:127.0.0.1:2526"
+    map_type: str = "hash"
+    postmap: str = "postmap"
+
+
 class DaemonConfig(Section):
     """Process lifecycle under systemd."""
 
@@ -321,11 +330,15 @@ class Config(Section):
     autoresponse: AutoResponseConfig = AutoResponseConfig()
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig()
+    postfix: PostfixConfig = PostfixConfig()
     verification: VerificationConfig = VerificationConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).
     default_address_only: bool = Field(default=False, exclude=True)
+    # False when neither [relay] host/port nor EMAILD_SMTP_RELAY chose the relay: the
+    # default 127.0.0.1:25 is a guess, said once (log, status) rather than per retry.
+    relay_configured: bool = Field(default=False, exclude=True)
 
     # --- resolved paths -------------------------------------------------
     @property

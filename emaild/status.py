@@ -60,6 +60,14 @@ def gather_status(app: App) -> dict[str, Any]:
             .order_by(OutboxItem.id.desc())
             .limit(1)
         ).first()
+        errors = int(
+            session.scalar(
+                select(func.count(QuarantineEntry.id)).where(
+                    QuarantineEntry.status == "held", QuarantineEntry.reason == "error"
+                )
+            )
+            or 0
+        )
         quarantine = {
             str(status): int(n)
             for status, n in session.execute(
@@ -84,7 +92,7 @@ def gather_status(app: App) -> dict[str, Any]:
         if name not in seen
     ]
     channels.sort(key=lambda c: str(c["name"]))
-    return {
+    data = {
         "generated_at": now.isoformat(),
         "config": app.config.source or "(built-in defaults)",
         "database": make_url(app.config.database_url).render_as_string(hide_password=True),
@@ -96,8 +104,49 @@ def gather_status(app: App) -> dict[str, Any]:
             "last_error": last_error or "",
         },
         "quarantine": {"held": quarantine.get("held", 0), "by_status": quarantine},
+        "relay": {
+            "address": f"{app.config.relay.host}:{app.config.relay.port}",
+            "configured": app.config.relay_configured,
+        },
         "held_messages": sum(int(a["held_messages"]) for a in addresses),
+        "quarantine_errors": errors,
     }
+    data["attention"] = attention(data)
+    return data
+
+
+def attention(data: dict[str, Any]) -> list[str]:
+    """What an admin must look at; empty means healthy (``emaild status`` exits 0).
+
+    Routine outcomes are not listed: mail a rule or accept-from held, mail held
+    for an unverified address, a queued auto-response still within its retries.
+    """
+    out = [
+        f"address {a['address']}: {a['problem']}"
+        for a in data["addresses"]
+        if a["problem"] and a["enabled"]
+    ]
+    out += [
+        f"channel {c['name']}: {c['consecutive_failures']} failures in a row: {c['last_error']}"
+        for c in data["channels"]
+        if c["consecutive_failures"]
+    ]
+    relay = data["relay"]
+    if not relay["configured"] and data["outbox"]["queued"] and data["outbox"]["last_error"]:
+        out.append(
+            f"outbox: no relay configured ([relay] host), the default {relay['address']} "
+            f"fails: {data['outbox']['queued']} queued"
+        )
+    if data["outbox"]["failed"]:
+        out.append(
+            f"outbox: {data['outbox']['failed']} failed (emaild outbox list --status failed)"
+        )
+    if data["quarantine_errors"]:
+        out.append(
+            f"quarantine: {data['quarantine_errors']} messages failed processing"
+            " (emaild quarantine list)"
+        )
+    return out
 
 
 def _channel_json(row: ChannelStatus) -> dict[str, Any]:

@@ -39,7 +39,12 @@ def require(condition: bool, why: str) -> None:
 
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    require((CORPUS / "README.md").is_file(), f"shared corpus not found at {CORPUS}")
+    require(
+        (CORPUS / "README.md").is_file(),
+        f"this test needs the shared real-mail corpus, not found at {CORPUS} "
+        "(expected ../shared/corpus beside the checkout, with its README.md; "
+        "or set EMAILD_CORPUS=DIR)",
+    )
     return CORPUS
 
 

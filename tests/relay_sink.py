@@ -45,6 +45,7 @@ class ReceivedMail:
     peer: str
     tls: bool
     auth_user: str
+    mail_options: tuple[str, ...] = ()
 
     def message(self) -> email.message.EmailMessage:
         """The received bytes parsed with the stdlib (modern policy)."""
@@ -108,6 +109,7 @@ class _Handler:
             peer=peer,
             tls=session.ssl is not None,
             auth_user=auth_user,
+            mail_options=tuple(envelope.mail_options),
         )
         with sink._lock:
             sink.messages.append(mail)
@@ -167,6 +169,7 @@ class RelaySink:
         tls_cert: tuple[Path, Path] | None = None,
         require_tls: bool = False,
         auth: tuple[str, str] | None = None,
+        smtputf8: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = 0
@@ -180,7 +183,8 @@ class RelaySink:
         self.auth = auth
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._kwargs: dict[str, Any] = {}
+        # SMTPUTF8 (RFC 6531) offered in EHLO only when asked: most tests want a plain relay.
+        self._kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if tls_cert is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(tls_cert[0]), str(tls_cert[1]))

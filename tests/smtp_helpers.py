@@ -142,8 +142,10 @@ class DaemonProcess:
         args: Sequence[str] = (),
         stdin: int | None = None,
         wrapper: Sequence[str] = (),
+        run_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        self.run_args = list(run_args)
         self.smtp_port = free_port()
         self.lmtp_port = free_port()
         self.log_path = workdir / f"emaild-{self.smtp_port}.log"
@@ -166,7 +168,7 @@ class DaemonProcess:
         """Start and wait for ``READY=1``; returns that notification."""
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "emaild", *self.args, "run"],
+                [*self.wrapper, sys.executable, "-m", "emaild", *self.args, "run", *self.run_args],
                 env=self.env,
                 stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL,
                 stdout=log_file,

@@ -39,7 +39,7 @@ def test_forwarding_that_works_reports_path_and_delay(
     assert report["ok"] is True
     assert report["channel"] == "smtp"
     assert report["relay_status"] == "sent"
-    assert 0 <= report["delay_seconds"] < 30
+    assert 0 < report["delay_seconds"] < 30  # the real round trip, never a clamped 0
     assert report["path"][0].startswith(f"sent: relay {relay_sink.address} accepted it")
     assert report["path"][-1].startswith("arrived: via smtp from support@example.com for")
     assert report["path"][-1].endswith("without a case")

@@ -173,8 +173,10 @@ def test_hide_record_information_template_sends_a_generic_acknowledgement(
     assert msg.get_content_type() == "text/plain"
     body = msg.get_content()
     assert number not in body and "Secret project" not in body and "Case #" not in body
-    # It still threads: the Message-ID is signed for the case.
+    # It still threads: the Message-ID is signed for the case, under the routing
+    # address's domain (not the host's, which is often "localhost").
     assert app.services.signer.case_from_message_id(str(msg["Message-ID"])) == int(number)
+    assert str(msg["Message-ID"]).endswith("@example.com>")
 
 
 def test_customer_fields_cannot_inject_headers_and_are_rfc2047_encoded(

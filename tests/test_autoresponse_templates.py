@@ -9,10 +9,10 @@ import pytest
 
 from emaild.autoresponse import load_templates
 from emaild.autoresponse.templates import TemplateSet, sample_fields
-from emaild.config import PROJECT_ROOT, load_config
+from emaild.config import DEFAULTS_DIR, load_config
 from emaild.errors import EX_CONFIG, ConfigError
 
-SHIPPED = PROJECT_ROOT / "config" / "templates"
+SHIPPED = DEFAULTS_DIR / "templates"
 
 
 def test_shipped_templates_render_every_field() -> None:

@@ -206,3 +206,41 @@ def test_policy_quarantine_is_released_by_an_operator(run_cli: Any) -> None:
     decisions = [d["decision"] for d in shown["messages"][0]["decision_trace"]]
     assert "released by operator" in decisions
     assert json.loads(run_cli("quarantine", "list", "--json").stdout) == []
+
+
+def _blocked(tmp_path: Path) -> Path:
+    """A path nobody can create a directory at, even root: its parent is a file."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    return blocker / "state"
+
+
+@pytest.mark.parametrize("trouble", ["state_dir", "blob_dir", "config", "unknown_to"])
+def test_local_trouble_defers_with_75_never_a_bounce(
+    run_cli: Any, tmp_path: Path, trouble: str
+) -> None:
+    """pipe(8) bounces on 78 ("5.3.5 local configuration error"): local, fixable
+    trouble must exit 75 so the MTA keeps the mail; fixed, the same mail is stored."""
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    env: dict[str, str] = {}
+    args = ["--config", str(config), "ingest"]
+    if trouble == "state_dir":
+        env["EMAILD_STATE_DIR"] = str(_blocked(tmp_path))
+    elif trouble == "blob_dir":
+        config.write_text(f"[storage]\nblob_dir = '{_blocked(tmp_path)}'\n")
+    elif trouble == "config":
+        config.write_text("[storage]\nno_such_key = 1\n")
+    else:
+        args += ["--to", "sales@example.com"]
+    deferred = run_cli(*args, input=MESSAGE, env=env)
+    assert deferred.returncode == 75, deferred.stderr
+    assert deferred.stderr.startswith(b"emaild: temporary failure, try again: ")
+    assert deferred.stderr.count(b"\n") == 1  # one line for the MTA's log, no traceback
+    # The fix: a clean config (and, for the unknown address, the address configured).
+    config.write_text(
+        "[[address]]\naddress = 'sales@example.com'\n" if trouble == "unknown_to" else ""
+    )
+    stored = run_cli(*args, input=MESSAGE)
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout.strip() == b"1"

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import smtplib
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -294,3 +296,70 @@ def test_components_start_after_listeners_and_stop_on_shutdown(make_config: Any)
             assert s.scalar(select(func.count()).select_from(Message)) == 1
     finally:
         db.dispose()
+
+
+def test_log_level_option_and_journald_priorities(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`emaild run --log-level` overrides logging.level; under journald (stderr is
+    $JOURNAL_STREAM) every line carries its syslog priority for `journalctl -p`."""
+    import json
+
+    quiet = DaemonProcess(cli_env, tmp_path, run_args=["--log-level", "warning"])
+    try:
+        quiet.start()
+        quiet.signal(signal.SIGTERM)
+        assert quiet.wait() == 0
+    finally:
+        quiet.stop()
+    assert "daemon.ready" not in quiet.log()
+
+    journal = DaemonProcess(cli_env, tmp_path)
+    journal.log_path.touch()
+    st = os.stat(journal.log_path)
+    journal.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    try:
+        journal.start()
+        journal.signal(signal.SIGTERM)
+        assert journal.wait() == 0
+    finally:
+        journal.stop()
+    lines = journal.log().splitlines()
+    events = []
+    for line in lines:
+        assert line[:3] in ("<6>", "<4>", "<3>"), line
+        events.append((line[:3], json.loads(line[3:])))
+    ready = [prio for prio, e in events if e["event"] == "daemon.ready"]
+    assert ready == ["<6>"]
+    assert all(
+        {"<6>": "info", "<4>": "warning", "<3>": "error"}[p] == e["level"] for p, e in events
+    )
+
+
+def test_journald_priority_for_structlog_and_stdlib_lines(tmp_path: Path, monkeypatch: Any) -> None:
+    import logging
+
+    import structlog
+
+    from emaild import logs
+
+    path = tmp_path / "journal"
+    root = logging.getLogger()
+    saved = (structlog.get_config(), list(root.handlers), root.level)
+    with path.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        try:
+            root.handlers[:] = []
+            logs.configure("info", "json", stream=stream)
+            structlog.get_logger("t").debug("hidden")
+            structlog.get_logger("t").info("routine")
+            structlog.get_logger("t").error("trouble")
+            logging.getLogger("lib").warning("library says")
+        finally:
+            structlog.configure(**saved[0])
+            root.handlers[:] = saved[1]
+            root.setLevel(saved[2])
+    lines = path.read_text().splitlines()
+    assert [line[:3] for line in lines] == ["<6>", "<3>", "<4>"]
+    assert '"event": "routine"' in lines[0] and lines[2].endswith("lib: library says")
+    # Not under journald (another stream): no prefixes.
+    assert not logs.under_journald(sys.stderr, {"JOURNAL_STREAM": "1:2"})

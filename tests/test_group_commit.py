@@ -79,16 +79,16 @@ def in_one_batch(app: App, works: list[Callable[[Session], Any]]) -> list[Any]:
             results[i] = exc
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(works))]
+    group = app.db.group
     with app.db.serial_writes():
-        for thread in threads:
+        for n, thread in enumerate(threads, start=1):
             thread.start()
-            time.sleep(0.01)  # arrival order = list order
-        group = app.db.group
-        deadline = time.monotonic() + 10
-        # The first caller leads and waits for the turn; the others queue.
-        while group is not None and group.waiting < len(works) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if group is None:
+            # Arrival order = list order, under any load: the next thread starts only
+            # once this one is queued (the first leads and waits for the held turn).
+            deadline = time.monotonic() + 10
+            while group is not None and group.waiting < n and time.monotonic() < deadline:
+                time.sleep(0.005)
+        if group is None:  # PostgreSQL: no queue; the units run concurrently
             time.sleep(0.2)
     for thread in threads:
         thread.join(30)
@@ -106,9 +106,15 @@ def test_concurrent_units_share_one_commit_and_each_gets_its_own_result(app: App
     results = in_one_batch(app, [add_case(f"case {i}") for i in range(6)])
     assert all(isinstance(r, int) for r in results)
     assert len(set(results)) == 6
-    assert cases(app) == [f"case {i}" for i in range(6)]  # in arrival order
-    if group is not None:  # SQLite: six units, one transaction
+    # Each unit got its own result: the id of the case it wrote.
+    with app.db.session() as session:
+        by_id = {row.id: row.subject for row in session.execute(select(Case.id, Case.subject))}
+    assert {r: by_id[r] for r in results} == {r: f"case {i}" for i, r in enumerate(results)}
+    if group is not None:  # SQLite: six units, one transaction, in arrival order
         assert (group.batches - before[0], group.units - before[1]) == (1, 6)
+        assert cases(app) == [f"case {i}" for i in range(6)]
+    else:  # PostgreSQL commits each on its own, in whatever order the threads ran
+        assert sorted(cases(app)) == [f"case {i}" for i in range(6)]
 
 
 def test_a_failing_unit_rolls_back_only_itself(app: App) -> None:

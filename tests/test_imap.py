@@ -103,6 +103,9 @@ def test_cli_poll_once_turns_appended_mail_into_cases_and_marks_seen(
     listed = run_cli("cases", "list", "--json")
     subjects = sorted(c["subject"] for c in json.loads(listed.stdout))
     assert subjects == [f"IMAP {n}" for n in (1, 2, 3, 4)]
+    # A one-off URL poll leaves no channel behind in `emaild status`.
+    status = json.loads(run_cli("status", "--json").stdout)
+    assert [c["name"] for c in status["channels"] if c["kind"] == "imap"] == []
 
 
 def test_cursor_and_flags_follow_each_pass(dovecot: Dovecot, app: App) -> None:

@@ -405,3 +405,39 @@ def test_unreadable_password_file_defers_with_the_reason(
         assert "cannot read" in items(app)[0].last_error
     finally:
         app.close()
+
+
+def test_without_a_configured_relay_it_is_said_once_in_the_log_and_in_status(
+    make_config: Any,
+) -> None:
+    """A fresh install has no MTA on the default 127.0.0.1:25: one warning naming
+    the missing [relay], not a warning per retry, and one line in `emaild status`."""
+    from smtp_helpers import free_port
+    from structlog.testing import capture_logs
+
+    from emaild.status import gather_status
+
+    config = make_config("")
+    assert config.relay_configured is False
+    assert make_config("[relay]\nhost = '127.0.0.1'\n").relay_configured is True
+    # The default relay, moved to a closed loopback port: no test may touch port 25.
+    closed = config.relay.model_copy(update={"port": free_port()})
+    app = App.open(config.model_copy(update={"relay": closed}))
+    try:
+        queue_notices(app, 2)
+        clock = Clock()
+        with capture_logs() as logged:
+            for _ in range(3):
+                assert deliver_due(app, clock=clock, ignore_schedule=True).deferred
+                clock.advance(3600)
+        said = [e for e in logged if e["event"].startswith("outbox.")]
+        assert [e["event"] for e in said if e["log_level"] == "warning"] == ["outbox.no_relay"]
+        assert "no relay configured" in said[0]["hint"]
+        status = gather_status(app)
+        assert status["relay"] == {"address": f"127.0.0.1:{closed.port}", "configured": False}
+        assert [a for a in status["attention"] if "no relay configured" in a] == [
+            f"outbox: no relay configured ([relay] host), the default 127.0.0.1:{closed.port}"
+            " fails: 2 queued"
+        ]
+    finally:
+        app.close()

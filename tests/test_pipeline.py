@@ -104,3 +104,30 @@ def test_simultaneous_copies_are_one_message_not_a_quarantine(app: App) -> None:
     assert outcomes.count(Outcome.DUPLICATE) == 30
     assert count(app, QuarantineEntry) == 0
     assert count(app, Message) == 15
+
+
+def test_routine_quarantine_logs_one_line_and_keeps_the_stack_in_the_entry(app: App) -> None:
+    """`journalctl -p err` is for trouble: a quarantine is a warning without a stack."""
+    from structlog.testing import capture_logs
+
+    class Boom:
+        name = "boom"
+        description = "always fails"
+        needs_session = True
+
+        def __call__(self, ctx: object) -> None:
+            raise RuntimeError("kaboom")
+
+    app.pipeline.stages = (*app.pipeline.stages[:3], Boom())
+    with capture_logs() as logged:
+        result = app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
+    [line] = [e for e in logged if e["event"] == "ingest.quarantined"]
+    assert line["log_level"] == "warning"
+    assert line["error"] == "RuntimeError: kaboom"
+    assert line["quarantine_id"] == result.quarantine_id
+    assert not any("traceback" in e or "exc_info" in e for e in logged)
+    assert not any(e["log_level"] == "error" for e in logged)
+    with app.db.session() as s:
+        entry = s.scalars(select(QuarantineEntry)).one()
+        assert entry.error.startswith("RuntimeError: kaboom\n\nTraceback (most recent call last)")
+        assert 'raise RuntimeError("kaboom")' in entry.error

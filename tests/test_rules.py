@@ -452,7 +452,7 @@ def test_if_new_case_open_undoes_an_earlier_if_new_case() -> None:
 # --- shipped defaults ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return load_rules(ROOT / "rules")
+    return load_rules(ROOT / "emaild" / "defaults" / "rules")
 
 
 @pytest.mark.parametrize(

@@ -415,8 +415,10 @@ def test_rules_test_address_option_and_custom_rules_dir(run_cli: Any, tmp_path: 
     assert plain.returncode == 0, plain.stderr
     assert b"matched: no rule" in plain.stdout
     unknown = run_cli("rules", "test", str(eml), "--address", "nobody@example.com", env=env)
-    assert unknown.returncode == 65
-    assert b"not a routing address" in unknown.stderr
+    assert unknown.returncode == 2  # a usage mistake, like every command's
+    assert b"Invalid value for '--address': nobody@example.com is not a routing address" in (
+        unknown.stderr
+    )
 
 
 def test_rules_test_shows_quarantine_and_if_new_case(run_cli: Any, tmp_path: Path) -> None:
@@ -461,7 +463,7 @@ def test_check_refuses_a_bad_rule_file_with_exit_78(run_cli: Any, tmp_path: Path
     assert proc.stderr.decode().startswith(
         f"emaild: {bad}:4: rule 'ack': no auto-response template 'nope' (have: "
     )
-    good = run_cli("check", env={"EMAILD_RULES_DIR": str(ROOT / "rules")})
+    good = run_cli("check", env={"EMAILD_RULES_DIR": str(ROOT / "emaild" / "defaults" / "rules")})
     assert good.returncode == 0, good.stderr
     assert b"rules" in good.stdout
 
@@ -516,7 +518,12 @@ def test_rules_test_on_unparseable_input_says_it_would_be_quarantined(
 
 
 def test_rules_list_shows_the_shipped_rules_in_order(run_cli: Any) -> None:
-    proc = run_cli("rules", "list", "--json", env={"EMAILD_RULES_DIR": str(ROOT / "rules")})
+    proc = run_cli(
+        "rules",
+        "list",
+        "--json",
+        env={"EMAILD_RULES_DIR": str(ROOT / "emaild" / "defaults" / "rules")},
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     names = [r["name"] for r in rows]

@@ -13,7 +13,7 @@ from emaild.addresses import add_managed, validate_routing
 from emaild.app import App
 from emaild.outbox import enqueue
 from emaild.pipeline import Envelope, Outcome
-from emaild.store.models import QuarantineEntry
+from emaild.store.models import ChannelStatus, QuarantineEntry
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 MAIL = (
@@ -57,7 +57,7 @@ def fill(app: App) -> int:
 def test_status_json_has_addresses_channels_outbox_and_quarantine(app: App, run_cli: Any) -> None:
     port = fill(app)
     done = run_cli("status", "--json")
-    assert done.returncode == 0, done.stderr.decode()
+    assert done.returncode == 1, done.stderr.decode()  # a failed item, a failed message
     status = json.loads(done.stdout)
     by_address = {a["address"]: a for a in status["addresses"]}
     assert by_address["help@acme.test"]["verified"] is False
@@ -76,12 +76,16 @@ def test_status_json_has_addresses_channels_outbox_and_quarantine(app: App, run_
     }
     assert status["outbox"]["last_error"] == "451 4.3.0 try later"
     assert status["quarantine"]["held"] == 1
+    assert status["attention"] == [
+        "outbox: 1 failed (emaild outbox list --status failed)",
+        "quarantine: 1 messages failed processing (emaild quarantine list)",
+    ]
 
 
 def test_status_screen_reads_top_to_bottom(app: App, run_cli: Any) -> None:
     port = fill(app)
     done = run_cli("status")
-    assert done.returncode == 0, done.stderr.decode()
+    assert done.returncode == 1, done.stderr.decode()
     lines = done.stdout.decode().splitlines()
     assert len(lines) <= 25, "one screen"
     text = "\n".join(lines)
@@ -96,6 +100,10 @@ def test_status_screen_reads_top_to_bottom(app: App, run_cli: Any) -> None:
     assert "last relay error: 451 4.3.0 try later" in text
     assert "Quarantine: 1 held  (emaild quarantine list)" in text
     assert "Held for unverified addresses: 2" in text
+    assert text.endswith(
+        "Attention\n  outbox: 1 failed (emaild outbox list --status failed)\n"
+        "  quarantine: 1 messages failed processing (emaild quarantine list)"
+    )
 
 
 def test_status_of_an_empty_installation(run_cli: Any) -> None:
@@ -107,3 +115,29 @@ def test_status_of_an_empty_installation(run_cli: Any) -> None:
     ]
     assert status["outbox"]["queued"] == 0
     assert status["quarantine"]["held"] == 0
+    assert status["attention"] == []
+    quiet = run_cli("status", "--quiet")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, b"", b"")
+
+
+def test_status_exit_code_and_quiet_for_scripts(app: App, run_cli: Any) -> None:
+    """Routine holds keep it at 0; a failing channel or a failed item makes it 1."""
+    fine = QuarantineEntry(
+        created_at=NOW, raw_sha256="1" * 64, reason="rule", stage="rules", status="held"
+    )
+    app.db.run(lambda s: s.add(fine))
+    assert run_cli("status", "--quiet").returncode == 0
+    app.db.run(
+        lambda s: s.add(
+            ChannelStatus(
+                name="imap:shop",
+                kind="imap",
+                last_failure_at=NOW,
+                last_error="login failed",
+                consecutive_failures=3,
+            )
+        )
+    )
+    quiet = run_cli("status", "-q")
+    assert quiet.returncode == 1
+    assert quiet.stdout == b"channel imap:shop: 3 failures in a row: login failed\n"

@@ -20,15 +20,20 @@ from emaild.systemd import Notifier, listen_fds
 
 
 @pytest.mark.parametrize("unit", ["emaild.service", "emaild.socket", "emaild-http.socket"])
-def test_units_pass_systemd_analyze_verify(unit: str) -> None:
+def test_units_pass_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     require(analyze is not None, "systemd-analyze is not installed")
     assert analyze is not None
+    # Documentation=man:emaild(1) must resolve: the generated page, where man finds it.
+    man1 = tmp_path / "man" / "man1"
+    man1.mkdir(parents=True)
+    shutil.copy(ROOT / "docs" / "emaild.1", man1 / "emaild.1")
     done = subprocess.run(
         [analyze, "verify", str(ROOT / "systemd" / unit)],
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "MANPATH": str(tmp_path / "man")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "emaild" not in done.stderr  # verify prints warnings without failing

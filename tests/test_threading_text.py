@@ -27,12 +27,24 @@ def test_message_ids_are_unique_signed_and_ours() -> None:
         assert SIGNER.case_from_message_id(mid.upper()) == 42  # some MTAs upcase
 
 
-def test_other_secret_or_domain_does_not_verify() -> None:
+def test_other_secret_or_a_forgery_under_any_domain_does_not_verify() -> None:
     mid = SIGNER.message_id(7)
     other = CaseSigner(secret=b"another-secret-of-16+bytes", domain="mail.example.com")
     assert other.case_from_message_id(mid) is None
-    assert SIGNER.case_from_message_id(mid.replace("mail.example.com", "evil.test")) is None
+    # Under another domain only the signature counts (routing addresses differ in domain).
+    forged = mid.replace("emaild.7.", "emaild.8.")
+    assert SIGNER.case_from_message_id(forged.replace("mail.example.com", "evil.test")) is None
+    assert not SIGNER.is_ours(forged.replace("mail.example.com", "evil.test"))
     assert SIGNER.case_from_message_id("<7.thread.0000@mail.example.com>") is None
+
+
+def test_message_ids_use_the_routing_address_domain_unless_one_is_configured() -> None:
+    """Not the host's name (often ``localhost``): the address the mail goes out as."""
+    mid = SIGNER.message_id(7, "Support@Billing.Example.ORG")
+    assert mid.endswith("@billing.example.org>")
+    assert SIGNER.case_from_message_id(mid) == 7 and SIGNER.is_ours(mid)
+    fixed = CaseSigner(secret=SIGNER.secret, domain="ids.example.net", domain_configured=True)
+    assert fixed.message_id(7, "support@billing.example.org").endswith("@ids.example.net>")
 
 
 def test_token_is_stable_and_found_in_text_among_decoys() -> None:

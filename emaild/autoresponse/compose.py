@@ -19,7 +19,7 @@ import base64
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.quoprimime import body_encode
 from email.utils import format_datetime
@@ -33,6 +33,12 @@ from emaild.text import one_line
 _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>$")
 # An address we are willing to send to: no spaces, quotes, angles or controls.
 _ADDR_SPEC = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}$")
+# The same with non-ASCII (RFC 6531/6532): any non-ASCII character besides the
+# ASCII ones above, never a space, control, quote, angle or separator.
+_UTF8_ADDR_SPEC = re.compile(
+    r"^(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]|[^\x00-\x7f\s])+"
+    r"@(?:[A-Za-z0-9.-]|[^\x00-\x7f\s])+$"
+)
 # Our own (configured) sender address: at least nothing that could end the header.
 _OWN_ADDRESS = re.compile(r"^[\x21-\x7e]{1,320}$")
 # RFC 5322 atext plus the space between words: a display name made only of
@@ -49,10 +55,27 @@ _NAME_CHARS = 300
 _SUBJECT_CHARS = 900
 
 
+def smtp_address(address: str) -> str:
+    """``address`` as it goes into RCPT TO and the To header: a non-ASCII domain in
+    its ASCII (IDNA) form, so only a non-ASCII local part still needs SMTPUTF8."""
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:  # not a valid IDN: left as is, then refused as unusable
+        return address
+
+
 def usable_address(address: str) -> bool:
-    """A plain ``local@domain`` we can put in RCPT TO and a header unchanged."""
-    _local, _, domain = address.rpartition("@")
-    return bool(_ADDR_SPEC.match(address)) and not domain.startswith(".") and ".." not in domain
+    """A ``local@domain`` we can put in RCPT TO and a header unchanged (after
+    ``smtp_address``); a non-ASCII local part needs a relay offering SMTPUTF8."""
+    address = smtp_address(address)
+    local, _, domain = address.rpartition("@")
+    if not domain.isascii() or len(local.encode()) > 64 or len(domain) > 253:
+        return False
+    pattern = _ADDR_SPEC if address.isascii() else _UTF8_ADDR_SPEC
+    return bool(pattern.match(address)) and not domain.startswith(".") and ".." not in domain
 
 
 def valid_msg_id(value: str) -> bool:
@@ -86,6 +109,9 @@ def compose(
     """
     if not usable_address(reply.to_address):
         raise ValueError(f"recipient address not usable: {reply.to_address!r}")
+    # A non-ASCII local part stays UTF-8 in the header (RFC 6532); the relay
+    # session then asks for SMTPUTF8 (emaild.outbox.relay).
+    reply = replace(reply, to_address=smtp_address(reply.to_address))
     if not _OWN_ADDRESS.match(from_address) or "<" in from_address or ">" in from_address:
         raise ValueError(f"sender address not usable: {from_address!r}")
     if not valid_msg_id(message_id):
@@ -140,7 +166,8 @@ def compose(
 
 def _join(head: list[str], part_head: list[str], body: str) -> bytes:
     # Every line was checked or built as ASCII: encoding cannot fail or smuggle.
-    return f"{CRLF.join(head + part_head)}{CRLF}{CRLF}{body}".encode("ascii")
+    # ASCII unless a recipient address is UTF-8 (RFC 6532): then the header is too.
+    return f"{CRLF.join(head + part_head)}{CRLF}{CRLF}{body}".encode()
 
 
 # --- headers ----------------------------------------------------------------------

@@ -31,9 +31,12 @@ class _Snapshot:
 class ChannelHealth:
     """Outcomes of one channel (``name`` like ``smtp:127.0.0.1:2525``), thread-safe."""
 
-    def __init__(self, name: str, kind: str) -> None:
+    def __init__(self, name: str, kind: str, *, persist: bool = True) -> None:
         self.name = name
         self.kind = kind
+        # False for a one-off channel (`emaild poll URL`): `status` shows what is
+        # configured; a row written once would stay there for ever.
+        self.persist = persist
         self._lock = threading.Lock()
         self._last_success: datetime | None = None
         self._last_failure: datetime | None = None
@@ -64,7 +67,7 @@ class ChannelHealth:
     def flush(self, db: Database) -> bool:
         """Write pending changes; False (and still pending) if the database is down."""
         with self._lock:
-            if not self._dirty:
+            if not self._dirty or not self.persist:
                 return True
             snap = _Snapshot(
                 self._last_success, self._last_failure, self._last_error, self._failures

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from emaild.cli.base import Context, EmaildGroup
+from emaild.cli.base import Context, EmaildGroup, add_config_option
 from emaild.errors import EX_SOFTWARE
 
 
@@ -33,6 +33,7 @@ def _register() -> None:
         ingest,
         mailbox,
         outbox,
+        postfix,
         quarantine,
         rules,
         run,
@@ -47,6 +48,7 @@ def _register() -> None:
         ingest,
         mailbox,
         outbox,
+        postfix,
         quarantine,
         rules,
         run,
@@ -55,6 +57,8 @@ def _register() -> None:
     )
     for module in modules:
         module.register(cli)
+    for command in cli.commands.values():
+        add_config_option(command)
 
 
 _register()

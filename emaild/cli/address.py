@@ -96,6 +96,7 @@ def add_cmd(ctx: Context, /, address: str, disabled: bool, as_json: bool, **opti
     routing = validate_routing(data)
     app = ctx.app()
     app.db.run(lambda session: add_managed(session, app.config, routing, utc_now(app)))
+    _update_postfix_maps(ctx)
     info = address_info(app, routing.address)
     if as_json:
         echo_json(info)
@@ -205,6 +206,18 @@ def remove_cmd(ctx: Context, address: str, force: bool) -> None:
 
     removed, held = remove_address(ctx.app(), address, force=force)
     click.echo(f"removed {removed}" + (f"; {held} message(s) stay held" if held else ""))
+    _update_postfix_maps(ctx)
+
+
+def _update_postfix_maps(ctx: Context) -> None:
+    """Postfix's maps follow the address book (when postfix.maps_dir is set).
+
+    The address change is already committed; a map that cannot be rewritten
+    exits 75 with the reason, so a script notices and reruns `emaild postfix maps`.
+    """
+    from emaild.cli.postfix import update_maps
+
+    update_maps(ctx)
 
 
 @address_group.command("verify")

@@ -70,6 +70,35 @@ class EmaildGroup(click.Group):
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def _late_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        obj = ctx.find_object(Context)
+        if obj is not None:
+            obj.config_path = value
+
+
+def add_config_option(command: click.Command) -> None:
+    """Accept ``--config`` after the subcommand too (``emaild check --config X``).
+
+    The last ``--config`` given wins; it only sets the path the lazily loaded
+    config is read from, so it must come before anything opens the app.
+    """
+    if not any(p.name == "late_config" for p in command.params):
+        command.params.append(
+            click.Option(
+                ["--config", "late_config"],
+                type=click.Path(dir_okay=False, path_type=str),
+                default=None,
+                expose_value=False,
+                callback=_late_config,
+                help="Config file (same as 'emaild --config').",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_config_option(sub)
+
+
 def read_input(path: str) -> bytes:
     """Bytes from FILE or ``-`` (stdin)."""
     if path == "-":

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from emaild.casework.ops import STATUSES
 from emaild.cli.base import Context, pass_ctx
 from emaild.cli.output import echo_json, echo_table
 from emaild.errors import EX_NOINPUT
@@ -19,7 +20,12 @@ def cases_group() -> None:
 
 
 @cases_group.command("list")
-@click.option("--status", default=None, help="Only cases with this status.")
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    default=None,
+    help="Only cases with this status.",
+)
 @click.option("--priority", default=None, help="Only cases with this priority.")
 @click.option("--origin", default=None, help="Only cases with this origin.")
 @click.option("--owner", default=None, help="Only cases of this owner.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -24,28 +25,34 @@ def ingest_cmd(
 ) -> None:
     """Store one message from FILE or stdin; print its case number.
 
-    Exit 0 stored, 75 try again later (storage unavailable), 65 unusable input.
+    Exit 0 stored; 75 try again later (anything local and fixable: config,
+    permissions, storage, an address not configured yet); 65 only for input
+    that can never be accepted (empty, not a message, too large).
     """
+    from sqlalchemy.exc import SQLAlchemyError  # here: `emaild --help` stays fast
+
     from emaild.channels.pipe import ingest_pipe
 
     try:
         raw = read_input(file)
     except OSError as exc:
-        click.echo(f"emaild: cannot read {file}: {exc.strerror}", err=True)
-        sys.exit(EX_NOINPUT)
+        if file != "-":  # a shell user's mistyped path; an MTA always pipes stdin
+            click.echo(f"emaild: cannot read {file}: {exc.strerror}", err=True)
+            sys.exit(EX_NOINPUT)
+        _defer(f"cannot read stdin: {exc.strerror}")
     try:
         ctx.quiet(verbose)
         app = ctx.app()
-    except EmaildError as exc:
-        if exc.exit_code == EX_TEMPFAIL:
-            click.echo(f"emaild: temporary failure, try again: {exc}", err=True)
-        else:
-            click.echo(f"emaild: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    except (EmaildError, OSError, SQLAlchemyError) as exc:
+        # An MTA bounces on 78 (pipe(8): "5.3.5 local configuration error"):
+        # local trouble is fixable, so the mail stays queued until it is fixed.
+        _defer(str(exc))
     if to and app.pipeline.addresses.lookup(to) is None:
-        click.echo(f"emaild: {to} is not a routing address", err=True)
-        sys.exit(EX_DATAERR)
-    answer = ingest_pipe(app.pipeline, raw, to=to, mail_from=mail_from)
+        _defer(f"{to} is not a routing address (yet): add it, or fix the MTA's recipient")
+    try:
+        answer = ingest_pipe(app.pipeline, raw, to=to, mail_from=mail_from)
+    except (OSError, SQLAlchemyError) as exc:
+        _defer(f"{type(exc).__name__}: {exc}")
     if as_json and answer.result is not None:
         r = answer.result
         echo_json(
@@ -62,6 +69,11 @@ def ingest_cmd(
     if answer.stderr:
         click.echo(answer.stderr, err=True)
     sys.exit(answer.exit_code)
+
+
+def _defer(why: str) -> NoReturn:
+    click.echo(f"emaild: temporary failure, try again: {why}", err=True)
+    sys.exit(EX_TEMPFAIL)
 
 
 @click.command("import")

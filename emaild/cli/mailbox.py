@@ -51,13 +51,15 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
     box = resolve_mailbox(ctx, mailbox)
     app = ctx.app()
     credentials = Credentials(box)
+    # A URL is a one-off: its cursor is kept (the same URL resumes), its health is not.
+    configured = "://" not in mailbox
     if not once:
-        runner = MailboxRunner(app, box, credentials=credentials)
+        runner = MailboxRunner(app, box, credentials=credentials, record_health=configured)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runner.stop())
         runner.run()
         return
-    worker = MailboxWorker(app, box, credentials=credentials)
+    worker = MailboxWorker(app, box, credentials=credentials, record_health=configured)
     try:
         summary = worker.poll_or_raise()
     finally:

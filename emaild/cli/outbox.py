@@ -61,15 +61,14 @@ def list_cmd(ctx: Context, status: str | None, limit: int, as_json: bool) -> Non
 def retry_cmd(ctx: Context, item_ids: tuple[int, ...], retry_all: bool) -> None:
     """Make failed or waiting items due now, with a fresh set of attempts.
 
-    Sent items are never sent again. The daemon (or ``emaild outbox flush``)
+    Sent items are never sent again. The daemon (or 'emaild outbox flush')
     delivers them.
     """
     from emaild.clock import utcnow
     from emaild.outbox.queue import requeue
 
     if not item_ids and not retry_all:
-        click.echo("emaild: name item ids or use --all", err=True)
-        sys.exit(EX_NOINPUT)
+        raise click.UsageError("name item ids or use --all")
     app = ctx.app()
     wanted = None if retry_all else list(item_ids)
     changed = app.db.run(lambda s: requeue(s, wanted, utcnow()))

@@ -18,7 +18,7 @@ def quarantine_group() -> None:
 
 @quarantine_group.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include released and discarded entries.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The entries as JSON for scripts.")
 @pass_ctx
 def list_cmd(ctx: Context, show_all: bool, as_json: bool) -> None:
     """List quarantined messages (held ones unless --all)."""
@@ -38,7 +38,7 @@ def list_cmd(ctx: Context, show_all: bool, as_json: bool) -> None:
                 r["reason"],
                 r["stage"],
                 r["raw_size"],
-                r["error"][:70],
+                (r["error"].splitlines() or [""])[0][:70],  # the stack is for `show`
             ]
             for r in rows
         ],
@@ -48,7 +48,7 @@ def list_cmd(ctx: Context, show_all: bool, as_json: bool) -> None:
 @quarantine_group.command("show")
 @click.argument("entry_id", type=int)
 @click.option("--raw", is_flag=True, help="Write the raw message to stdout.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The entry as JSON (with its headers).")
 @pass_ctx
 def show_cmd(ctx: Context, entry_id: int, raw: bool, as_json: bool) -> None:
     """Show one entry: the error, the envelope and the headers."""
@@ -94,6 +94,8 @@ def retry_cmd(ctx: Context, entry_ids: tuple[int, ...], retry_all: bool, release
     """
     from emaild.quarantine import list_entries, retry
 
+    if not entry_ids and not retry_all:
+        raise click.UsageError("name entry ids or use --all")
     app = ctx.app()
     ids = list(entry_ids)
     if retry_all:

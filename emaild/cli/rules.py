@@ -41,8 +41,7 @@ def test_cmd(
         sys.exit(EX_NOINPUT)
     app = ctx.app()
     if address and app.pipeline.addresses.lookup(address) is None:
-        click.echo(f"emaild: {address} is not a routing address", err=True)
-        sys.exit(EX_DATAERR)
+        raise click.BadParameter(f"{address} is not a routing address", param_hint="'--address'")
     envelope = Envelope(
         channel=channel,
         mail_from=mail_from,

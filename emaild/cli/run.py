@@ -12,8 +12,14 @@ from emaild.config import config_path_from
 
 
 @click.command("run")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Override logging.level for this run.",
+)
 @pass_ctx
-def run_cmd(ctx: Context) -> None:
+def run_cmd(ctx: Context, log_level: str | None) -> None:
     """Run the daemon until SIGTERM (exit 0 after draining); SIGHUP reloads.
 
     Listens for SMTP on smtp.listen (default 127.0.0.1:2525, env
@@ -28,6 +34,10 @@ def run_cmd(ctx: Context) -> None:
     from emaild.systemd import listen_fds
     from emaild.verification.release import ReleaseJob
 
+    if log_level:
+        from emaild import logs
+
+        logs.configure(log_level, ctx.config.logging.format)
     app = ctx.app()
     # Taken (and removed from the environment) before anything else can fork.
     sockets = listen_fds(os.environ)

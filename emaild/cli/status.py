@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -9,19 +10,33 @@ import click
 from emaild.cli.base import Context, pass_ctx
 from emaild.cli.output import echo_json, echo_table
 
+# Nagios-style "warning"; 2 stays click's usage error.
+ATTENTION = 1
+
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="The status as JSON for scripts.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only what needs attention (nothing when healthy)."
+)
 @pass_ctx
-def status_cmd(ctx: Context, as_json: bool) -> None:
-    """Routing addresses, channels, outbox and quarantine at a glance."""
+def status_cmd(ctx: Context, as_json: bool, quiet: bool) -> None:
+    """Routing addresses, channels, outbox and quarantine at a glance.
+
+    Exit 0 healthy, 1 something needs attention (listed under "Attention").
+    """
     from emaild.status import gather_status
 
     data = gather_status(ctx.app())
     if as_json:
         echo_json(data)
-        return
-    _print(data)
+    elif quiet:
+        for line in data["attention"]:
+            click.echo(line)
+    else:
+        _print(data)
+    if data["attention"]:
+        sys.exit(ATTENTION)
 
 
 def _print(data: dict[str, Any]) -> None:
@@ -77,6 +92,8 @@ def _print(data: dict[str, Any]) -> None:
     if box["oldest_queued_at"]:
         line += f"; oldest queued {age(box['oldest_queued_at'], now)}"
     click.echo(line)
+    if not data["relay"]["configured"]:
+        click.echo(f"  relay: {data['relay']['address']} (the default: no [relay] configured)")
     if box["last_error"] and (box["queued"] or box["failed"]):
         click.echo(f"  last relay error: {box['last_error'][:100]}")
     q = data["quarantine"]
@@ -88,6 +105,11 @@ def _print(data: dict[str, Any]) -> None:
             f"Held for unverified addresses: {data['held_messages']}"
             "  (emaild address verify ADDRESS)"
         )
+    if data["attention"]:
+        click.echo("")
+        click.echo("Attention")
+        for line in data["attention"]:
+            click.echo(f"  {line}")
 
 
 def register(group: click.Group) -> None:

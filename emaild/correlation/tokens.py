@@ -75,6 +75,8 @@ class CaseSigner:
     body_format: str = DEFAULTS.body_token_format
     subject_enabled: bool = DEFAULTS.subject_token
     body_enabled: bool = DEFAULTS.body_token
+    # True when threading.domain is set: then every Message-ID uses it.
+    domain_configured: bool = False
     _subject_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,9 +96,18 @@ class CaseSigner:
         """The signed token of ``case_id`` for subjects and bodies (stable per case)."""
         return self.reference(case_id, TOKEN_NONCE)
 
-    def message_id(self, case_id: int) -> str:
-        """A Message-ID under our domain carrying a signed reference to the case."""
-        return f"<emaild.{self.reference(case_id)}@{self.domain}>"
+    def domain_for(self, address: str) -> str:
+        """The Message-ID domain for mail sent as ``address``: threading.domain when
+        configured, else the address's own domain (never the host's ``localhost``)."""
+        if self.domain_configured:
+            return self.domain
+        return address.rpartition("@")[2].lower() or self.domain
+
+    def message_id(self, case_id: int, sender: str = "") -> str:
+        """A Message-ID carrying a signed reference to the case, under the domain of
+        ``sender`` (the routing address it goes out as; see ``domain_for``)."""
+        domain = self.domain_for(sender) if sender else self.domain
+        return f"<emaild.{self.reference(case_id)}@{domain}>"
 
     def subject_token(self, case_id: int) -> str:
         """The exact token emaild puts in subjects for ``case_id`` ("" if switched off)."""
@@ -133,7 +144,11 @@ class CaseSigner:
     def is_ours(self, message_id: str) -> bool:
         """Whether ``message_id`` has the shape of one emaild generated (signed or not)."""
         local, _, domain = message_id.strip().strip("<>").lower().rpartition("@")
-        return domain == self.domain.lower() and local.startswith("emaild.")
+        if not local.startswith("emaild."):
+            return False
+        # Under a routing address's domain it is ours only if our signature holds:
+        # another emaild's Message-IDs look the same.
+        return domain == self.domain.lower() or self.verify(local[7:]) is not None
 
     def case_from_message_id(self, message_id: str) -> int | None:
         """The case a Message-ID we generated names; None if not ours or forged."""
@@ -227,6 +242,7 @@ def load_signer(config: Config) -> CaseSigner:
         body_format=t.body_token_format,
         subject_enabled=t.subject_token,
         body_enabled=t.body_token,
+        domain_configured=bool(t.domain),
     )
 
 
@@ -235,7 +251,7 @@ def _state_secret(path: Path) -> bytes:
         return path.read_bytes().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode()
     # A per-process temporary name: two processes starting at once must not share it.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

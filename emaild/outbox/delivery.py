@@ -74,6 +74,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+# Default relays already reported as unavailable by this process (see _deliver_one).
+_SAID_NO_RELAY: set[tuple[str, int]] = set()
+
+
 def retry_delay(attempts_before: int, base: float, ceiling: float) -> float:
     """Seconds to wait after the ``attempts_before + 1``-th failed attempt."""
     return float(min(ceiling, base * (2 ** min(attempts_before, 32))))
@@ -156,7 +160,18 @@ def _deliver_one(
     except RelayUnavailable as exc:
         report.relay_error = str(exc)
         _temporary(app, item, worker, str(exc), report, clock)
-        bound.warning("outbox.relay_unavailable", error=str(exc), attempts=item.attempts + 1)
+        relay = app.config.relay
+        if app.config.relay_configured:
+            bound.warning("outbox.relay_unavailable", error=str(exc), attempts=item.attempts + 1)
+        elif (relay.host, relay.port) not in _SAID_NO_RELAY:
+            # Once per process, not per retry: a fresh install without an MTA.
+            _SAID_NO_RELAY.add((relay.host, relay.port))
+            log.warning(
+                "outbox.no_relay",
+                error=str(exc),
+                hint=f"no relay configured ([relay] host, port); the default "
+                f"{relay.host}:{relay.port} is unavailable; outgoing mail waits",
+            )
         return False
     except DeliveryFailed as exc:
         if exc.permanent:

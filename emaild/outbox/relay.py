@@ -137,9 +137,19 @@ class RelaySession:
             self.open()
         assert self.smtp is not None
         smtp = self.smtp
+        options: list[str] = []
+        if not (mail_from.isascii() and rcpt_to.isascii()):
+            # A non-ASCII address (RFC 6531): only through a relay that offers it.
+            if not smtp.has_extn("smtputf8"):
+                raise DeliveryFailed(
+                    553,
+                    f"the relay does not offer SMTPUTF8, needed for {rcpt_to or mail_from}",
+                    stage="mail",
+                )
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
             # One command at a time (not sendmail()) so a refusal names its stage.
-            _call("mail", lambda: smtp.mail(mail_from))
+            _call("mail", lambda: smtp.mail(mail_from, options))
             _call("rcpt", lambda: smtp.rcpt(rcpt_to))
             code, reply = _call("data", lambda: smtp.data(raw))
         except DeliveryFailed as failed:

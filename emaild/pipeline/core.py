@@ -227,14 +227,12 @@ class Pipeline:
         self, ctx: IngestContext, stage: str, error: BaseException, bound: Any
     ) -> IngestResult:
         detail = f"{type(error).__name__}: {error}"
-        bound.error(
-            "ingest.quarantined",
-            stage=stage,
-            error=detail,
-            traceback="".join(traceback.format_exception(error))[-4000:],
-        )
-        held = ctx.held(stage=stage, error=detail, reason="error")
+        # The traceback is for whoever fixes the bug: it stays with the entry
+        # (`emaild quarantine show`); the log gets one routine line, no stack.
+        stack = "".join(traceback.format_exception(error))[-6000:]
+        held = ctx.held(stage=stage, error=f"{detail}\n\n{stack}", reason="error")
         entry_id = quarantine.record(self.db, held, ctx.now, also=ctx.also)
+        bound.warning("ingest.quarantined", stage=stage, error=detail, quarantine_id=entry_id)
         return IngestResult(
             Outcome.QUARANTINED,
             quarantine_id=entry_id,

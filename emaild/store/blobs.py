@@ -97,7 +97,7 @@ class BlobStore:
 
     def _temp(self) -> tuple[int, str]:
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
             return tempfile.mkstemp(dir=self._tmp, prefix="blob-")
         except OSError as exc:
             raise TransientError(f"blob store unavailable: {exc}") from exc
@@ -124,9 +124,9 @@ class BlobStore:
         while not directory.is_dir() and directory != self.root:
             missing.append(directory)
             directory = directory.parent
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for path in reversed(missing):
-            path.mkdir(exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
             _fsync_dir(path.parent)
 
     def _publish(self, tmp: str, sha: str) -> None:

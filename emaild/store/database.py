@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -184,7 +186,11 @@ def make_engine(
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it (its -wal and -shm files take the
+            # database file's mode), not 0644 under the usual umask.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(parsed.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
         kwargs["pool_size"] = pool_size
     elif parsed.get_backend_name() == "postgresql":

@@ -174,7 +174,11 @@ def request_verification(app: App, address: str) -> VerificationRequest:
             ttl=ttl,
         )
         message = verification_message(
-            routing, token, now=now, expires=row.expires_at, domain=signer.domain
+            routing,
+            token,
+            now=now,
+            expires=row.expires_at,
+            domain=signer.domain_for(routing.address),
         )
         item = enqueue(
             session,

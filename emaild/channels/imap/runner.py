@@ -20,13 +20,20 @@ class MailboxRunner:
     IDLE when possible, else every interval, until ``stop()``."""
 
     def __init__(
-        self, app: App, box: MailboxConfig, *, credentials: Credentials | None = None
+        self,
+        app: App,
+        box: MailboxConfig,
+        *,
+        credentials: Credentials | None = None,
+        record_health: bool = True,
     ) -> None:
         self.app = app
         self.box = box
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
-        self.worker = MailboxWorker(app, box, credentials=credentials, stop=self.stopping)
+        self.worker = MailboxWorker(
+            app, box, credentials=credentials, stop=self.stopping, record_health=record_health
+        )
 
     def stop(self) -> None:
         """End ``run`` soon (after the message in hand); safe from signal handlers."""

@@ -43,11 +43,12 @@ class MailboxWorker:
         credentials: Credentials | None = None,
         progress: ProgressHook | None = None,
         stop: threading.Event | None = None,
+        record_health: bool = True,
     ) -> None:
         self.app = app
         self.box = box
         self.poller = MailboxPoller(app, box, credentials=credentials, progress=progress, stop=stop)
-        self.health = ChannelHealth(f"imap:{box.name}", "imap")
+        self.health = ChannelHealth(f"imap:{box.name}", "imap", persist=record_health)
         self._state = threading.Lock()
         self._busy = False
         self._pending = False

@@ -32,7 +32,7 @@ import structlog
 from sqlalchemy import bindparam, func, select
 
 from emaild.autoresponse.bounces import record_bounce
-from emaild.autoresponse.compose import Reply, compose, usable_address
+from emaild.autoresponse.compose import Reply, compose, smtp_address, usable_address
 from emaild.autoresponse.templates import merge_fields
 from emaild.cases import case_number
 from emaild.classify import is_no_reply_address
@@ -104,6 +104,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
         log.error("autoresponse.unknown_template", template=name, case=ctx.case.id)
         return None
     recipient, recipient_name = _recipient(ctx)
+    recipient = smtp_address(recipient)
     signer = ctx.services.signer
     case = ctx.case
     hide = template.hide_record_information
@@ -119,7 +120,7 @@ def autorespond(ctx: IngestContext) -> OutboxItem | None:
     if not hide:
         # The case's tag in the subject (threading's format; replaces other cases' tags).
         rendered = replace(rendered, subject=signer.mark_subject(rendered.subject, case.id))
-    message_id = signer.message_id(case.id)
+    message_id = signer.message_id(case.id, ctx.routing.address)
     raw = compose(
         rendered,
         from_name=ctx.routing.name,
