@@ -28,6 +28,7 @@ from emaild.config_model import (
     SmtpConfig,
     StorageConfig,
     ThreadingConfig,
+    TrustConfig,
     VerificationConfig,
     is_loopback,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "SmtpConfig",
     "StorageConfig",
     "ThreadingConfig",
+    "TrustConfig",
     "VerificationConfig",
     "config_path_from",
     "is_loopback",

@@ -60,6 +60,8 @@ class RoutingAddress(Section):
     disabled_action: Literal["tempfail", "reject"] = "tempfail"
     closed_case: Literal["reopen", "reopen_within", "new_linked"] = "reopen_within"
     reopen_days: Annotated[int, Field(ge=0)] = 30
+    # What an unauthenticated sender may do here (emaild.trust.policy).
+    auth_policy: Literal["record", "require_for_threading", "require"] = "record"
 
     @field_validator("address")
     @classmethod
@@ -294,6 +296,25 @@ class DaemonConfig(Section):
     shutdown_deadline_seconds: Annotated[float, Field(ge=0)] = 30.0
 
 
+class TrustConfig(Section):
+    """Whose ``Authentication-Results`` headers emaild believes (``[trust]``)."""
+
+    # authserv-ids of the MTAs that check mail before emaild sees it; a copy
+    # from any other id may have been written by the sender and is ignored.
+    authserv_ids: list[str] = []
+
+    @field_validator("authserv_ids")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().lower()
+            if not item or any(c.isspace() or c == ";" for c in item):
+                raise ValueError(f"not an authserv-id: {item!r}")
+            out.append(item)
+        return out
+
+
 class Config(Section):
     """The whole configuration. ``source`` is the file it came from, if any."""
 
@@ -310,6 +331,7 @@ class Config(Section):
     autoresponse: AutoResponseConfig = AutoResponseConfig()
     daemon: DaemonConfig = DaemonConfig()
     verification: VerificationConfig = VerificationConfig()
+    trust: TrustConfig = TrustConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from emaild.classify import Classification
     from emaild.mime.parse import ParsedMessage
     from emaild.store.models import Case, Message
+    from emaild.trust import AuthVerdict
 
 __all__ = [
     "CaseFields",
@@ -62,6 +63,7 @@ class IngestContext:
     parsed: ParsedMessage | None = None
     classification: Classification | None = None
     routing: RoutingAddress | None = None
+    auth: AuthVerdict | None = None  # set by authenticate: who the sender proved to be
     fields: CaseFields = field(default_factory=CaseFields)
     # Set by correlation: the existing case this message belongs to, if any.
     case: Case | None = None

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from emaild.pipeline.context import IngestContext
 from emaild.pipeline.stages.accept import AcceptStage
+from emaild.pipeline.stages.authenticate import AuthenticateStage
 from emaild.pipeline.stages.autorespond import AutoRespondStage
 from emaild.pipeline.stages.classify import ClassifyStage
 from emaild.pipeline.stages.correlate import CorrelateStage
@@ -42,6 +43,7 @@ STAGES: tuple[Stage, ...] = (
     RouteStage(),
     AcceptStage(),
     ClassifyStage(),
+    AuthenticateStage(),
     RulesStage(),
     VerifyStage(),
     DeduplicateStage(),

@@ -13,6 +13,9 @@ from emaild.pipeline.context import IngestContext, Outcome
 from emaild.store.models import Case, Message
 from emaild.store.rows import add_participants, insert_attachments, insert_row
 
+# The quarantine's reason for a policy hold, by the stage that asked for it.
+_QUARANTINE_REASONS = {"accept": "accept_from", "authenticate": "auth"}
+
 
 class PersistStage:
     name = "persist"
@@ -73,7 +76,7 @@ class PersistStage:
             ctx.held(
                 stage=by,
                 error=ctx.disposition_reason,
-                reason="accept_from" if by == "accept" else "rule",
+                reason=_QUARANTINE_REASONS.get(by, "rule"),
             ),
             ctx.now,
         )
