@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import authres
@@ -138,15 +139,29 @@ def judge(by_method: dict[str, list[tuple[str, str]]], from_domain: str) -> dict
 
 
 def aligned(domain: str, from_domain: str) -> bool:
-    """Relaxed alignment (RFC 7489 3.1), approximated without the public suffix list.
+    """Relaxed alignment (RFC 7489 3.1): the same organizational domain.
 
-    A parent or child of the From domain is aligned; a bare top-level domain
-    never is (nobody holds DKIM keys or SPF records in ``com``).
+    A public suffix (``com``, ``co.uk``) has no organizational domain and is
+    never aligned: nobody holds DKIM keys or SPF records for all of ``com``.
     """
-    d, f = domain.strip(".").lower(), from_domain.strip(".").lower()
-    if not d or not f or "." not in d or "." not in f:
-        return False
-    return d == f or f.endswith("." + d) or d.endswith("." + f)
+    org = org_domain(domain)
+    return bool(org) and org == org_domain(from_domain)
+
+
+def org_domain(domain: str) -> str:
+    """The organizational domain (public suffix plus one label), "" for a suffix itself."""
+    name = domain.strip().strip(".").lower()
+    if not name or "." not in name:
+        return ""
+    return str(_suffixes().privatesuffix(name) or "")
+
+
+@cache
+def _suffixes() -> Any:
+    # The Public Suffix List ships with the package: no download at run time.
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList()
 
 
 def normalise(result: str) -> str:

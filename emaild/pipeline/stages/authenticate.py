@@ -8,11 +8,13 @@ show --json`` reads its ``auth`` object from), handed to the rules as
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from emaild.correlation.match import Thread
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.rules import MessageFacts
-from emaild.trust import verdict_from_headers
+from emaild.trust import AuthVerdict, verdict_from_headers
+from emaild.trust.direct import Connection, peer_ip
 from emaild.trust.policy import UNAUTHENTICATED_TAG, hold_reason, threading_refusal
 
 NAME = "authenticate"
@@ -25,15 +27,12 @@ class AuthenticateStage:
 
     def __call__(self, ctx: IngestContext) -> None:
         assert ctx.parsed is not None and ctx.routing is not None
-        p = ctx.parsed
-        verdict = verdict_from_headers(
-            p.header_all("authentication-results"), ctx.config.trust.authserv_ids, p.from_addr
-        )
+        verdict = self._verdict(ctx)
         ctx.auth = verdict
         decision = "authenticated" if verdict.authenticated else "not authenticated"
         ctx.decide(self.name, decision, **verdict.evidence())
         # What upstream filters said, as the rules see it (``emaild rules test`` shows it).
-        facts = MessageFacts(p)
+        facts = MessageFacts(ctx.parsed)
         ctx.decide(
             self.name, "spam", flag=facts.values("spam.flag")[0], score=facts.number("spam.score")
         )
@@ -47,6 +46,21 @@ class AuthenticateStage:
         ctx.disposition_reason = reason
         ctx.disposition_stage = self.name
         ctx.decide(self.name, "quarantined", reason=reason)
+
+    @staticmethod
+    def _verdict(ctx: IngestContext) -> AuthVerdict:
+        """Own checks for mail on the SMTP listener when enabled, else trusted headers."""
+        assert ctx.parsed is not None
+        p, env, checker = ctx.parsed, ctx.envelope, ctx.services.checker
+        headers = p.header_all("authentication-results")
+        if checker is None or env.channel != "smtp":
+            return verdict_from_headers(headers, ctx.config.trust.authserv_ids, p.from_addr)
+        # Straight from the internet: any Authentication-Results came with the
+        # message from its sender, whoever it names.
+        conn = Connection(ip=peer_ip(env.peer), helo=env.helo, mail_from=env.mail_from)
+        verdict = checker.check(ctx.raw, conn, p.from_addr)
+        ignored = verdict_from_headers(headers, (), p.from_addr).ignored
+        return replace(verdict, ignored=ignored)
 
 
 def thread_gate(ctx: IngestContext) -> Callable[[Thread], str]:
