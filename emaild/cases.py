@@ -94,10 +94,19 @@ def message_auth(trace: list[dict[str, Any]] | None) -> dict[str, str]:
     return dict(NO_AUTH)
 
 
+def message_spam(trace: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """``{"flag": "yes"|"no"|"unscanned", "score": N|None}`` from the spam trace entry."""
+    for entry in trace or ():
+        if entry.get("stage") == AUTH_STAGE and entry.get("decision") == "spam":
+            return {"flag": entry.get("flag", "no"), "score": entry.get("score")}
+    return {"flag": "no", "score": None}
+
+
 def message_detail(m: Message) -> dict[str, Any]:
     data = _message_fields(m)
     if m.direction == "in":
         data["auth"] = message_auth(m.decision_trace)
+        data["spam"] = message_spam(m.decision_trace)
     return data
 
 

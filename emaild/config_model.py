@@ -338,6 +338,22 @@ class TrustConfig(Section):
         return out
 
 
+class SpamConfig(Section):
+    """A spam scan through rspamd (``[spam]``); see emaild/trust/rspamd.py."""
+
+    # rspamd's normal worker, e.g. "http://127.0.0.1:11333"; empty = no scan.
+    rspamd_url: str = ""
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+
+    @field_validator("rspamd_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value
+
+
 class Config(Section):
     """The whole configuration. ``source`` is the file it came from, if any."""
 
@@ -355,6 +371,7 @@ class Config(Section):
     daemon: DaemonConfig = DaemonConfig()
     verification: VerificationConfig = VerificationConfig()
     trust: TrustConfig = TrustConfig()
+    spam: SpamConfig = SpamConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

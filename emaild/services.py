@@ -25,6 +25,7 @@ from emaild.verification.tokens import TokenSigner
 
 if TYPE_CHECKING:
     from emaild.trust.checks import Checker
+    from emaild.trust.rspamd import Rspamd
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     # emaild's own SPF/DKIM/DMARC checks ([trust] own_checks), with their DNS cache.
     checker: Checker | None = None
+    # The rspamd scan ([spam] rspamd_url).
+    scanner: Rspamd | None = None
 
     @classmethod
     def build(
@@ -81,6 +84,7 @@ class Services:
             blobs=blobs,
             clock=clock,
             checker=_checker(config),
+            scanner=_scanner(config),
         )
 
 
@@ -91,3 +95,11 @@ def _checker(config: Config) -> Checker | None:
     from emaild.trust.checks import build_checker
 
     return build_checker(config)
+
+
+def _scanner(config: Config) -> Rspamd | None:
+    if not config.spam.rspamd_url:
+        return None
+    from emaild.trust.rspamd import Rspamd
+
+    return Rspamd(config.spam.rspamd_url, timeout=config.spam.timeout_seconds)

@@ -64,6 +64,8 @@ class IngestContext:
     classification: Classification | None = None
     routing: RoutingAddress | None = None
     auth: AuthVerdict | None = None  # set by authenticate: who the sender proved to be
+    # Set by authenticate for the rules: auth.* and spam.* facts, by field name.
+    verdicts: dict[str, str] = field(default_factory=dict)
     fields: CaseFields = field(default_factory=CaseFields)
     # Set by correlation: the existing case this message belongs to, if any.
     case: Case | None = None

@@ -62,9 +62,9 @@ TEXT_FIELDS: dict[str, str] = {
     "auth.spf": "SPF result: pass, fail, softfail, neutral, none, temperror, permerror",
     "auth.dkim": "DKIM result (the best signature's), same values as auth.spf",
     "auth.dmarc": "DMARC result, same values as auth.spf",
-    "auth.source": "where the auth results came from: header (trusted authserv-id) or none",
+    "auth.source": "where the auth results came from: header, checked (own checks) or none",
     "auth.authenticated": "yes when the From domain is authenticated (DMARC, else aligned pass)",
-    "spam.flag": "yes when an upstream filter flagged the message as spam, else no",
+    "spam.flag": "yes/no: spam by the rspamd scan, else by upstream headers; unscanned",
 }
 NUMBER_FIELDS: dict[str, str] = {
     "size": "raw message size in bytes",
@@ -111,7 +111,7 @@ class MessageFacts:
         envelope_from: str = "",
         envelope_to: tuple[str, ...] = (),
         resolve: Resolver | None = None,
-        auth: Mapping[str, str] | None = None,
+        verdicts: Mapping[str, str] | None = None,
     ) -> None:
         self.parsed = parsed
         self.classification = classification
@@ -121,8 +121,13 @@ class MessageFacts:
             "channel": (channel,) if channel else (),
             "sender": (envelope_from.lower(),) if envelope_from else (),
             "_envelope_to": tuple(a.lower() for a in envelope_to),
-            # Sender authentication (emaild.trust): known before the rules run.
-            **{key: (value,) for key, value in (auth or {}).items() if key in TEXT_FIELDS},
+            # Decided before the rules run (emaild.trust): auth.*, and spam.* when
+            # a scanner ran (else spam.* come from upstream headers).
+            **{
+                key: (value,)
+                for key, value in (verdicts or {}).items()
+                if key in TEXT_FIELDS or key in NUMBER_FIELDS
+            },
         }
         self._lower: dict[str, tuple[str, ...]] = {}
         self._headers: dict[str, tuple[str, ...]] | None = None
@@ -234,6 +239,9 @@ class MessageFacts:
         if key == "attachment_count":
             return float(len(p.attachments))
         if key in ("spam_score", "spam.score"):
+            scanned = self._cache.get("spam.score")
+            if scanned:
+                return float(scanned[0])
             return _spam_score(self._header_map())
         raise KeyError(key)
 
@@ -243,7 +251,8 @@ class MessageFacts:
         if name == "has_attachment":
             return bool(self.parsed.attachments)
         if name == "spam":
-            return _is_spam(self._header_map())
+            scanned = self._cache.get("spam.flag")
+            return scanned == ("yes",) if scanned else _is_spam(self._header_map())
         if name == "null_sender":
             return self._null_sender()
         if c is None:

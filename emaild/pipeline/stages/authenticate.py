@@ -1,8 +1,10 @@
-"""``authenticate``: who the sender proved to be (SPF, DKIM, DMARC), and ``auth_policy``.
+"""``authenticate``: who the sender proved to be (SPF, DKIM, DMARC), ``auth_policy``, spam.
 
 The verdict is recorded on every message (the trace entry ``emaild cases
 show --json`` reads its ``auth`` object from), handed to the rules as
-``auth.*`` facts, and, through ``thread_gate``, to threading.
+``auth.*`` facts, and, through ``thread_gate``, to threading. The spam
+verdict (an rspamd scan when ``[spam] rspamd_url`` is set, else upstream
+headers) is recorded beside it and handed to the rules as ``spam.*``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from emaild.trust.direct import Connection, peer_ip
 from emaild.trust.policy import UNAUTHENTICATED_TAG, hold_reason, threading_refusal
 
 NAME = "authenticate"
+# The tag on a new case whose message the spam scanner could not scan.
+UNSCANNED_TAG = "unscanned"
 
 
 class AuthenticateStage:
     name = NAME
-    description = "read trusted Authentication-Results; hold or flag unauthenticated mail"
+    description = "sender authentication and spam scan; hold or flag unauthenticated mail"
     needs_session = False
 
     def __call__(self, ctx: IngestContext) -> None:
@@ -31,11 +35,7 @@ class AuthenticateStage:
         ctx.auth = verdict
         decision = "authenticated" if verdict.authenticated else "not authenticated"
         ctx.decide(self.name, decision, **verdict.evidence())
-        # What upstream filters said, as the rules see it (``emaild rules test`` shows it).
-        facts = MessageFacts(ctx.parsed)
-        ctx.decide(
-            self.name, "spam", flag=facts.values("spam.flag")[0], score=facts.number("spam.score")
-        )
+        ctx.verdicts = {**verdict.facts(), **self._spam(ctx)}
         reason = hold_reason(ctx.routing.auth_policy, verdict)
         if not reason or ctx.disposition is not None:
             return
@@ -46,6 +46,31 @@ class AuthenticateStage:
         ctx.disposition_reason = reason
         ctx.disposition_stage = self.name
         ctx.decide(self.name, "quarantined", reason=reason)
+
+    def _spam(self, ctx: IngestContext) -> dict[str, str]:
+        """The rspamd scan when configured, else what upstream filters wrote; as facts."""
+        assert ctx.parsed is not None
+        scanner, env = ctx.services.scanner, ctx.envelope
+        if scanner is None:
+            facts = MessageFacts(ctx.parsed)
+            flag, score = facts.values("spam.flag")[0], facts.number("spam.score")
+            ctx.decide(self.name, "spam", flag=flag, score=score, scanner="headers")
+            return {}
+        scan = scanner.scan(
+            ctx.raw,
+            ip=peer_ip(env.peer),
+            helo=env.helo,
+            mail_from=env.mail_from,
+            rcpt_to=env.rcpt_to,
+        )
+        ctx.decide(self.name, "spam", **scan.evidence())
+        if scan.flag == "unscanned" and UNSCANNED_TAG not in ctx.fields.tags:
+            # Stored and flagged, never held back by a scanner that is down.
+            ctx.fields.tags = [*ctx.fields.tags, UNSCANNED_TAG]
+        found = {"spam.flag": scan.flag}
+        if scan.score is not None:
+            found["spam.score"] = repr(scan.score)
+        return found
 
     @staticmethod
     def _verdict(ctx: IngestContext) -> AuthVerdict:
