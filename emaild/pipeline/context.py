@@ -17,6 +17,7 @@ from emaild.services import Services
 
 if TYPE_CHECKING:
     from emaild.classify import Classification
+    from emaild.mime.forwarded import Original
     from emaild.mime.parse import ParsedMessage
     from emaild.store.models import Case, Message
     from emaild.trust import AuthVerdict
@@ -66,6 +67,9 @@ class IngestContext:
     auth: AuthVerdict | None = None  # set by authenticate: who the sender proved to be
     # Set by authenticate for the rules: auth.* and spam.* facts, by field name.
     verdicts: dict[str, str] = field(default_factory=dict)
+    # Set by unwrap: an internal sender forwarded this customer's message.
+    forwarded: Original | None = None
+    forwarder: str = ""
     fields: CaseFields = field(default_factory=CaseFields)
     # Set by correlation: the existing case this message belongs to, if any.
     case: Case | None = None

@@ -64,6 +64,7 @@ TEXT_FIELDS: dict[str, str] = {
     "auth.dmarc": "DMARC result, same values as auth.spf",
     "auth.source": "where the auth results came from: header, checked (own checks) or none",
     "auth.authenticated": "yes when the From domain is authenticated (DMARC, else aligned pass)",
+    "forwarded_by": "the internal sender who forwarded a customer's message ([trust])",
     "spam.flag": "yes/no: spam by the rspamd scan, else by upstream headers; unscanned",
 }
 NUMBER_FIELDS: dict[str, str] = {
@@ -180,7 +181,7 @@ class MessageFacts:
             return tuple(a.content_type for a in p.attachments)
         if key == "charset":
             return tuple(p.charsets)
-        if key.startswith("auth."):
+        if key.startswith("auth.") or key == "forwarded_by":
             return ()  # no verdict was handed in (a caller outside the pipeline)
         if key == "spam.flag":
             return ("yes" if _is_spam(self._header_map()) else "no",)

@@ -35,3 +35,15 @@ def hold_reason(policy: str, verdict: AuthVerdict) -> str:
     if policy != REQUIRE or verdict.authenticated:
         return ""
     return f"auth_policy = require and the sender is not authenticated ({verdict.why})"
+
+
+def cap_followers(
+    copied: list[str], cap: int, already: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """``(kept, left_out)``: the first ``cap`` new addresses of To/Cc, in order.
+
+    A message Cc'd to hundreds of addresses must not give all of them a way
+    onto the case; the ones left out are recorded, not silently dropped.
+    """
+    fresh = [a for a in dict.fromkeys(copied) if a and a not in already]
+    return fresh[:cap], fresh[cap:]

@@ -27,6 +27,7 @@ from emaild.pipeline.stages.parse import ParseStage
 from emaild.pipeline.stages.persist import PersistStage
 from emaild.pipeline.stages.route import RouteStage
 from emaild.pipeline.stages.rules import RulesStage
+from emaild.pipeline.stages.unwrap import UnwrapStage
 from emaild.pipeline.stages.verify import VerifyStage
 
 
@@ -44,6 +45,7 @@ STAGES: tuple[Stage, ...] = (
     AcceptStage(),
     ClassifyStage(),
     AuthenticateStage(),
+    UnwrapStage(),
     RulesStage(),
     VerifyStage(),
     DeduplicateStage(),
