@@ -60,7 +60,40 @@ def subject_token(number: int, config: Config) -> str:
     return render(config, number)
 
 
+# The stage whose trace entry carries a message's sender authentication.
+AUTH_STAGE = "authenticate"
+NO_AUTH = {"spf": "none", "dkim": "none", "dmarc": "none", "source": "none"}
+
+
+def message_auth(trace: list[dict[str, Any]] | None) -> dict[str, str]:
+    """The ``auth`` object of an inbound message, from its ``authenticate`` trace entry.
+
+    Messages stored before the stage existed have none: all "none".
+    """
+    for entry in trace or ():
+        auth = entry.get("auth") if entry.get("stage") == AUTH_STAGE else None
+        if isinstance(auth, dict):
+            return {key: str(auth.get(key, "none")) for key in NO_AUTH}
+    return dict(NO_AUTH)
+
+
+def message_spam(trace: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """``{"flag": "yes"|"no"|"unscanned", "score": N|None}`` from the spam trace entry."""
+    for entry in trace or ():
+        if entry.get("stage") == AUTH_STAGE and entry.get("decision") == "spam":
+            return {"flag": entry.get("flag", "no"), "score": entry.get("score")}
+    return {"flag": "no", "score": None}
+
+
 def message_detail(m: Message) -> dict[str, Any]:
+    data = _message_fields(m)
+    if m.direction == "in":
+        data["auth"] = message_auth(m.decision_trace)
+        data["spam"] = message_spam(m.decision_trace)
+    return data
+
+
+def _message_fields(m: Message) -> dict[str, Any]:
     return {
         "id": m.id,
         "message_id": m.message_id,

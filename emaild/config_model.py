@@ -13,24 +13,19 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-MiB = 1024 * 1024
+from emaild.config_base import MiB, Section
+from emaild.config_trust import SpamConfig, TrustConfig
+
+__all__ = ["MiB", "Section", "SpamConfig", "TrustConfig"]
 
 Priority = Literal["Low", "Medium", "High", "Urgent"]
 PRIORITIES: tuple[str, ...] = ("Low", "Medium", "High", "Urgent")
-
-
-class Section(BaseModel):
-    """Base for every config table: unknown keys and wrong types are errors."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 def _normalise_address(value: str) -> str:
@@ -60,6 +55,8 @@ class RoutingAddress(Section):
     disabled_action: Literal["tempfail", "reject"] = "tempfail"
     closed_case: Literal["reopen", "reopen_within", "new_linked"] = "reopen_within"
     reopen_days: Annotated[int, Field(ge=0)] = 30
+    # What an unauthenticated sender may do here (emaild.trust.policy).
+    auth_policy: Literal["record", "require_for_threading", "require"] = "record"
 
     @field_validator("address")
     @classmethod
@@ -332,6 +329,8 @@ class Config(Section):
     http: HttpConfig = HttpConfig()
     postfix: PostfixConfig = PostfixConfig()
     verification: VerificationConfig = VerificationConfig()
+    trust: TrustConfig = TrustConfig()
+    spam: SpamConfig = SpamConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

@@ -26,6 +26,7 @@ class Envelope:
     mail_from: str = ""
     rcpt_to: tuple[str, ...] = ()
     peer: str = ""
+    helo: str = ""  # the SMTP client's HELO/EHLO name (SPF checks it)
     # The routing address chosen by the channel (``--to``, a mailbox's address).
     routing_hint: str = ""
     # An operator released this message from a policy quarantine (rule or
@@ -38,6 +39,7 @@ class Envelope:
             "mail_from": self.mail_from,
             "rcpt_to": list(self.rcpt_to),
             "peer": self.peer,
+            "helo": self.helo,
             "routing_hint": self.routing_hint,
             "release": self.release,
         }

@@ -36,7 +36,7 @@ class Held:
     """What to keep of a message that cannot become a case now."""
 
     channel: str
-    reason: str  # error, rule, accept_from, unusable, too_large
+    reason: str  # error, rule, accept_from, auth, unusable, too_large
     stage: str
     error: str
     raw_sha256: str = ""  # empty: the raw bytes were never fetched (too large)

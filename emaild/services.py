@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from emaild.addresses import AddressBook
 from emaild.autoresponse import TemplateSet, load_templates
@@ -21,6 +22,10 @@ from emaild.rules import RuleSet, load_rules
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
 from emaild.verification.tokens import TokenSigner
+
+if TYPE_CHECKING:
+    from emaild.trust.checks import Checker
+    from emaild.trust.rspamd import Rspamd
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,10 @@ class Services:
     addresses: AddressBook
     blobs: BlobStore
     clock: Callable[[], datetime] = utcnow
+    # emaild's own SPF/DKIM/DMARC checks ([trust] own_checks), with their DNS cache.
+    checker: Checker | None = None
+    # The rspamd scan ([spam] rspamd_url).
+    scanner: Rspamd | None = None
 
     @classmethod
     def build(
@@ -74,4 +83,23 @@ class Services:
             addresses=AddressBook(config, db),
             blobs=blobs,
             clock=clock,
+            checker=_checker(config),
+            scanner=_scanner(config),
         )
+
+
+def _checker(config: Config) -> Checker | None:
+    if not config.trust.own_checks:
+        return None
+    # dkimpy, pyspf and dnspython cost ~0.1 s to import: only when the checks are on.
+    from emaild.trust.checks import build_checker
+
+    return build_checker(config)
+
+
+def _scanner(config: Config) -> Rspamd | None:
+    if not config.spam.rspamd_url:
+        return None
+    from emaild.trust.rspamd import Rspamd
+
+    return Rspamd(config.spam.rspamd_url, timeout=config.spam.timeout_seconds)

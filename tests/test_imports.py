@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emaild"
-DOMAIN = ("mime", "rules", "correlation", "verification", "autoresponse", "store")
+DOMAIN = ("mime", "rules", "correlation", "verification", "autoresponse", "store", "trust")
 MAX_MODULE_LINES = 450
 MAX_CLASS_LINES = 300
 

@@ -115,6 +115,10 @@ def show_cmd(ctx: Context, number: int, as_json: bool) -> None:
             else f"   from: {m['from']}"
         )
         click.echo(f"   subject: {m['subject']}")
+        if "auth" in m:
+            a = m["auth"]
+            results = f"spf={a['spf']} dkim={a['dkim']} dmarc={a['dmarc']}"
+            click.echo(f"   auth: {results} ({a['source']})")
         body = (m["new_text"] or m["text"]).strip()
         for line in body.splitlines()[:20]:
             click.echo(f"   | {line}")

@@ -75,6 +75,8 @@ def summarize(trace: list[dict[str, Any]], outcome: str) -> dict[str, Any]:
         "reason": "",
         "if_new_case": "",
         "if_new_case_reason": "",
+        "auth": {},
+        "spam": {},
     }
     for d in trace:
         stage, decision = d.get("stage"), d.get("decision")
@@ -84,6 +86,13 @@ def summarize(trace: list[dict[str, Any]], outcome: str) -> dict[str, Any]:
             report["case"] = _fields(d)
         elif stage == "classify":
             report["classification"] = list(d.get("flags", []))
+        elif stage == "authenticate" and isinstance(d.get("auth"), dict):
+            report["auth"] = {**d["auth"], "authenticated": decision == "authenticated"}
+            report["auth"]["why"] = d.get("why", "")
+        elif stage == "authenticate" and decision == "quarantined":
+            report["outcome"], report["reason"] = decision, d.get("reason", "")
+        elif stage == "authenticate" and decision == "spam":
+            report["spam"] = {"flag": d.get("flag"), "score": d.get("score")}
         elif stage == "accept" and decision in ("rejected", "dropped", "quarantined"):
             report["outcome"], report["reason"] = decision, d.get("reason", "")
         elif stage == "rules" and decision == "matched":
@@ -112,6 +121,17 @@ def _print_report(report: dict[str, Any]) -> None:
     click.echo(f"routing address: {report['routing_address']}")
     for flag in report["classification"]:
         click.echo(f"classified: {flag}")
+    if report["auth"]:
+        a = report["auth"]
+        click.echo(
+            f"auth: auth.spf={a['spf']} auth.dkim={a['dkim']} auth.dmarc={a['dmarc']}"
+            f" auth.source={a['source']} authenticated={'yes' if a['authenticated'] else 'no'}"
+            f" ({a['why']})"
+        )
+    if report["spam"]:
+        score = report["spam"]["score"]
+        shown = "none" if score is None else score
+        click.echo(f"spam: spam.flag={report['spam']['flag']} spam.score={shown}")
     if not report["rules"]:
         click.echo("matched: no rule")
     else:

@@ -103,11 +103,20 @@ def correlate(
     classification: Classification | None,
     now: datetime,
     policy_for: Callable[[Case], RoutingAddress],
+    gate: Callable[[Thread], str] | None = None,
 ) -> Correlation:
-    """``find_thread`` plus the closed-case policy of the case's routing address."""
+    """``find_thread`` plus the closed-case policy of the case's routing address.
+
+    ``gate`` may refuse the case found (it returns why): the message then opens
+    a new case linked to it (the sender authentication policy, emaild.trust).
+    """
     machine = classification is not None and classification.is_auto
     report = classification is not None and bool(classification.bounce or classification.report)
     thread = find_thread(session, signer, parsed, raw=raw, report=report)
+    refusal = gate(thread) if gate is not None and thread.case is not None else ""
+    if thread.case is not None and refusal:
+        claimed = {"claimed_case": thread.case.id, "via": thread.via, "reason": refusal}
+        return Correlation(None, linked_case_id=thread.case.id, trace=[("refused", claimed)])
     # The same refusal can come from the text and the HTML body: list it once.
     refused = {"refused": list(dict.fromkeys(thread.refused))} if thread.refused else {}
     if thread.case is None:

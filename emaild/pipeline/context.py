@@ -17,8 +17,10 @@ from emaild.services import Services
 
 if TYPE_CHECKING:
     from emaild.classify import Classification
+    from emaild.mime.forwarded import Original
     from emaild.mime.parse import ParsedMessage
     from emaild.store.models import Case, Message
+    from emaild.trust import AuthVerdict
 
 __all__ = [
     "CaseFields",
@@ -62,6 +64,12 @@ class IngestContext:
     parsed: ParsedMessage | None = None
     classification: Classification | None = None
     routing: RoutingAddress | None = None
+    auth: AuthVerdict | None = None  # set by authenticate: who the sender proved to be
+    # Set by authenticate for the rules: auth.* and spam.* facts, by field name.
+    verdicts: dict[str, str] = field(default_factory=dict)
+    # Set by unwrap: an internal sender forwarded this customer's message.
+    forwarded: Original | None = None
+    forwarder: str = ""
     fields: CaseFields = field(default_factory=CaseFields)
     # Set by correlation: the existing case this message belongs to, if any.
     case: Case | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,11 +59,19 @@ TEXT_FIELDS: dict[str, str] = {
     "charset": "MIME charsets used in the message, e.g. iso-2022-jp",
     "language": "Content-Language header values, e.g. de, en-gb",
     "channel": "how the message arrived: smtp, lmtp, imap, pipe, import",
+    "auth.spf": "SPF result: pass, fail, softfail, neutral, none, temperror, permerror",
+    "auth.dkim": "DKIM result (the best signature's), same values as auth.spf",
+    "auth.dmarc": "DMARC result, same values as auth.spf",
+    "auth.source": "where the auth results came from: header, checked (own checks) or none",
+    "auth.authenticated": "yes when the From domain is authenticated (DMARC, else aligned pass)",
+    "forwarded_by": "the internal sender who forwarded a customer's message ([trust])",
+    "spam.flag": "yes/no: spam by the rspamd scan, else by upstream headers; unscanned",
 }
 NUMBER_FIELDS: dict[str, str] = {
     "size": "raw message size in bytes",
     "attachment_count": "number of attachments",
     "spam_score": "X-Spam-Score, or score= in X-Spam-Status (no header: never matches)",
+    "spam.score": "the same spam score as spam_score",
 }
 FLAGS: dict[str, str] = {
     "reply": "a reply (In-Reply-To/References, or a Re:/AW:/SV: subject)",
@@ -104,6 +112,7 @@ class MessageFacts:
         envelope_from: str = "",
         envelope_to: tuple[str, ...] = (),
         resolve: Resolver | None = None,
+        verdicts: Mapping[str, str] | None = None,
     ) -> None:
         self.parsed = parsed
         self.classification = classification
@@ -113,6 +122,13 @@ class MessageFacts:
             "channel": (channel,) if channel else (),
             "sender": (envelope_from.lower(),) if envelope_from else (),
             "_envelope_to": tuple(a.lower() for a in envelope_to),
+            # Decided before the rules run (emaild.trust): auth.*, and spam.* when
+            # a scanner ran (else spam.* come from upstream headers).
+            **{
+                key: (value,)
+                for key, value in (verdicts or {}).items()
+                if key in TEXT_FIELDS or key in NUMBER_FIELDS
+            },
         }
         self._lower: dict[str, tuple[str, ...]] = {}
         self._headers: dict[str, tuple[str, ...]] | None = None
@@ -165,6 +181,10 @@ class MessageFacts:
             return tuple(a.content_type for a in p.attachments)
         if key == "charset":
             return tuple(p.charsets)
+        if key.startswith("auth.") or key == "forwarded_by":
+            return ()  # no verdict was handed in (a caller outside the pipeline)
+        if key == "spam.flag":
+            return ("yes" if _is_spam(self._header_map()) else "no",)
         if key == "language":
             langs = ",".join(p.header_all("content-language"))
             return tuple(x.strip() for x in langs.split(",") if x.strip())
@@ -219,7 +239,10 @@ class MessageFacts:
             return float(p.size)
         if key == "attachment_count":
             return float(len(p.attachments))
-        if key == "spam_score":
+        if key in ("spam_score", "spam.score"):
+            scanned = self._cache.get("spam.score")
+            if scanned:
+                return float(scanned[0])
             return _spam_score(self._header_map())
         raise KeyError(key)
 
@@ -229,7 +252,8 @@ class MessageFacts:
         if name == "has_attachment":
             return bool(self.parsed.attachments)
         if name == "spam":
-            return _is_spam(self._header_map())
+            scanned = self._cache.get("spam.flag")
+            return scanned == ("yes",) if scanned else _is_spam(self._header_map())
         if name == "null_sender":
             return self._null_sender()
         if c is None:

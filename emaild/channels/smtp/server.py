@@ -304,6 +304,7 @@ class IntakeHandler:
             mail_from=_sender(envelope),
             rcpt_to=recipients,
             peer=server.record.peer,
+            helo=server.record.helo,
         )
         reply, result = await self.listener.store(raw, env)
         server.record.messages.append(

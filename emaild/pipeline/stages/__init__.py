@@ -17,6 +17,7 @@ from typing import Protocol
 
 from emaild.pipeline.context import IngestContext
 from emaild.pipeline.stages.accept import AcceptStage
+from emaild.pipeline.stages.authenticate import AuthenticateStage
 from emaild.pipeline.stages.autorespond import AutoRespondStage
 from emaild.pipeline.stages.classify import ClassifyStage
 from emaild.pipeline.stages.correlate import CorrelateStage
@@ -26,6 +27,7 @@ from emaild.pipeline.stages.parse import ParseStage
 from emaild.pipeline.stages.persist import PersistStage
 from emaild.pipeline.stages.route import RouteStage
 from emaild.pipeline.stages.rules import RulesStage
+from emaild.pipeline.stages.unwrap import UnwrapStage
 from emaild.pipeline.stages.verify import VerifyStage
 
 
@@ -42,6 +44,8 @@ STAGES: tuple[Stage, ...] = (
     RouteStage(),
     AcceptStage(),
     ClassifyStage(),
+    AuthenticateStage(),
+    UnwrapStage(),
     RulesStage(),
     VerifyStage(),
     DeduplicateStage(),

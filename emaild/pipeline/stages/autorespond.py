@@ -211,6 +211,8 @@ def refusal(ctx: IngestContext) -> str:
 def _recipient(ctx: IngestContext) -> tuple[str, str]:
     """Who the response goes to: Reply-To, else From (as a reply would)."""
     assert ctx.parsed is not None
+    if ctx.forwarded is not None:  # an agent's forward: its original sender, never the agent
+        return ctx.forwarded.addr, ctx.forwarded.name
     who = ctx.parsed.reply_to or ctx.parsed.from_
     if who is None:
         return "", ""

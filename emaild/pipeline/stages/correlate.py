@@ -6,6 +6,7 @@ from emaild.correlation.match import correlate
 from emaild.correlation.newtext import new_text
 from emaild.correlation.subject import display_subject
 from emaild.pipeline.context import IngestContext, Outcome
+from emaild.pipeline.stages.authenticate import thread_gate
 
 
 class CorrelateStage:
@@ -30,6 +31,7 @@ class CorrelateStage:
             classification=ctx.classification,
             now=ctx.now,
             policy_for=lambda case: book.lookup(case.routing_address) or routing,
+            gate=thread_gate(ctx),
         )
         ctx.case = result.case
         ctx.linked_case_id = result.linked_case_id

@@ -15,8 +15,13 @@ from emaild import quarantine
 from emaild.casework.events import MAIL, record_many
 from emaild.correlation.loops import fingerprint as message_fingerprint
 from emaild.pipeline.context import IngestContext, Outcome
+from emaild.pipeline.stages.unwrap import case_customer
 from emaild.store.models import Case, Message
 from emaild.store.rows import add_participants, insert_attachments, insert_row
+from emaild.trust.policy import cap_followers
+
+# The quarantine's reason for a policy hold, by the stage that asked for it.
+_QUARANTINE_REASONS = {"accept": "accept_from", "authenticate": "auth"}
 
 
 class PersistStage:
@@ -40,7 +45,7 @@ class PersistStage:
             ctx.stop(ctx.disposition)
             return
         if ctx.case is None:
-            customer = p.reply_to or p.from_
+            customer_addr, customer_name = case_customer(ctx)  # a forward: the original sender
             ctx.case = insert_row(
                 session,
                 Case,
@@ -53,8 +58,8 @@ class PersistStage:
                     "category": ctx.fields.category,
                     "tags": list(ctx.fields.tags),
                     "routing_address": ctx.routing.address,
-                    "customer": p.customer_addr,
-                    "customer_name": customer.name if customer else "",
+                    "customer": customer_addr,
+                    "customer_name": customer_name,
                     "linked_case_id": ctx.linked_case_id,
                     "mentioned_number": ctx.mentioned_number,
                     "created_at": now,
@@ -91,7 +96,7 @@ class PersistStage:
             ctx.held(
                 stage=by,
                 error=ctx.disposition_reason,
-                reason="accept_from" if by == "accept" else "rule",
+                reason=_QUARANTINE_REASONS.get(by, "rule"),
             ),
             ctx.now,
         )
@@ -159,14 +164,19 @@ class PersistStage:
         )
         return message
 
-    @staticmethod
-    def _participants(ctx: IngestContext, *, new: bool) -> None:
+    def _participants(self, ctx: IngestContext, *, new: bool) -> None:
         assert ctx.case is not None and ctx.session is not None and ctx.parsed is not None
         own = ctx.services.addresses.own_addresses()
         wanted: dict[str, str] = {}
-        if ctx.parsed.customer_addr:  # From, else Reply-To when From is unusable
-            wanted[ctx.parsed.customer_addr] = "customer"
-        for other in ctx.parsed.cc + ctx.parsed.to:
-            wanted.setdefault(other.addr, "cc")
+        customer = case_customer(ctx)[0] if new else ctx.parsed.customer_addr
+        if customer:  # From, else Reply-To when From is unusable; a forward's original
+            wanted[customer] = "customer"
+        if ctx.forwarder:
+            wanted.setdefault(ctx.forwarder, "forwarder")
+        copied = [a.addr for a in ctx.parsed.cc + ctx.parsed.to if a.addr not in own]
+        kept, left_out = cap_followers(copied, ctx.config.trust.max_cc_participants, wanted)
+        if left_out:
+            ctx.decide(self.name, "cc cap", not_added=left_out[:20], left_out=len(left_out))
+        wanted.update(dict.fromkeys(kept, "cc"))
         wanted = {a: r for a, r in wanted.items() if a not in own}
         add_participants(ctx.session, ctx.case.id, wanted, new=new)

@@ -32,6 +32,7 @@ def facts_for(ctx: IngestContext) -> MessageFacts:
         envelope_from=ctx.envelope.mail_from,
         envelope_to=ctx.envelope.rcpt_to,
         resolve=resolve,
+        verdicts=ctx.verdicts,
     )
 
 
