@@ -41,6 +41,20 @@ def _normalise_address(value: str) -> str:
     return f"{local}@{domain.lower()}".lower()
 
 
+def _normalise_domain(value: str) -> str:
+    domain = value.strip().lower().removeprefix("@")
+    if not domain or "@" in domain or " " in domain or "." not in domain:
+        raise ValueError(f"not a domain: {value!r}")
+    return domain
+
+
+def _normalise_sender(value: str) -> str:
+    """An address, or a domain written ``@domain`` (``domain`` alone also works)."""
+    if "@" in value.strip().lstrip("@"):
+        return _normalise_address(value)
+    return "@" + _normalise_domain(value)
+
+
 class RoutingAddress(Section):
     """A support address emaild accepts mail for, with its case defaults."""
 
@@ -60,6 +74,10 @@ class RoutingAddress(Section):
     disabled_action: Literal["tempfail", "reject"] = "tempfail"
     closed_case: Literal["reopen", "reopen_within", "new_linked"] = "reopen_within"
     reopen_days: Annotated[int, Field(ge=0)] = 30
+    # A reply whose sender is not on the case it threads onto (contract 7).
+    stranger_reply: Literal["new_linked_case", "append_flagged"] = "new_linked_case"
+    # Senders in these domains count as participants of this address's cases.
+    trusted_domains: list[str] = []
 
     @field_validator("address")
     @classmethod
@@ -81,6 +99,11 @@ class RoutingAddress(Section):
                 raise ValueError(f"not an address or domain: {item!r}")
             out.append(item)
         return out
+
+    @field_validator("trusted_domains")
+    @classmethod
+    def _trusted_domains(cls, value: list[str]) -> list[str]:
+        return [_normalise_domain(v) for v in value]
 
     def all_addresses(self) -> tuple[str, ...]:
         return (self.address, *self.aliases)
@@ -219,6 +242,14 @@ class ThreadingConfig(Section):
     subject_token_format: str = "[Case #{number:08d}]"
     body_token: bool = False
     body_token_format: str = "ref:{token}:ref"
+    # Our own staff: addresses or "@domain"; they thread onto any case as
+    # participants ("internal"), never as strangers.
+    internal_senders: list[str] = []
+
+    @field_validator("internal_senders")
+    @classmethod
+    def _internal_senders(cls, value: list[str]) -> list[str]:
+        return [_normalise_sender(v) for v in value]
 
     @field_validator("subject_token_format", "body_token_format")
     @classmethod

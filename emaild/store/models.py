@@ -122,7 +122,8 @@ class Message(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True, default=None)
     direction: Mapped[str] = mapped_column(String(3), default="in")
     # held: accepted but not (yet) a case, e.g. unverified address; stored: on a case;
-    # dropped: a rule dropped it (raw kept); quarantined: see the quarantine table.
+    # dropped: a rule dropped it (raw kept); quarantined: see the quarantine table;
+    # flagged: on a case, from a stranger to it (emaild.correlation.strangers).
     state: Mapped[str] = mapped_column(String(16), default="stored", index=True)
     dedup_key: Mapped[str] = mapped_column(String(1024), unique=True)
     message_id: Mapped[str] = mapped_column(String(998), default="", index=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from emaild import quarantine
 from emaild.correlation.loops import fingerprint as message_fingerprint
+from emaild.correlation.strangers import FLAGGED
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.store.models import Case, Message
 from emaild.store.rows import add_participants, insert_attachments, insert_row
@@ -60,8 +61,11 @@ class PersistStage:
         else:
             ctx.case.updated_at = now
             ctx.outcome = Outcome.APPENDED
-        self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
-        ctx.message = self._message(ctx, state="stored", case_id=ctx.case.id)
+        if not ctx.flagged:
+            # A stranger's flagged message adds nobody: its To/Cc are the stranger's choice.
+            self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
+        state = FLAGGED if ctx.flagged else "stored"
+        ctx.message = self._message(ctx, state=state, case_id=ctx.case.id)
         ctx.decide(self.name, ctx.outcome.value, case=ctx.case.id, message_row=ctx.message.id)
 
     def _quarantine(self, ctx: IngestContext) -> None:
