@@ -35,9 +35,12 @@ from emaild.store.blobs import BlobStore
 from emaild.store.database import Database, translate_errors
 from emaild.store.models import Message
 from emaild.store.rows import update_row
+from emaild.text import one_line
 from emaild.verification.release import INLINE_RELEASE_LIMIT, Released, release_held
 
 log = structlog.get_logger("emaild.pipeline")
+# How much of an error the result's ``detail`` (a pipe's line, a log event) repeats.
+DETAIL_CHARS = 300
 
 
 class Pipeline:
@@ -226,20 +229,26 @@ class Pipeline:
     def _quarantine(
         self, ctx: IngestContext, stage: str, error: BaseException, bound: Any
     ) -> IngestResult:
-        detail = f"{type(error).__name__}: {error}"
-        bound.error(
-            "ingest.quarantined",
+        # One short line for operators and MTAs (a parser's error can run to
+        # kilobytes); the whole error and its traceback go into the quarantine
+        # entry (``emaild quarantine show``) and the debug log.
+        detail = one_line(f"{type(error).__name__}: {error}", DETAIL_CHARS)
+        stack = "".join(traceback.format_exception(error))
+        not_a_message = isinstance(error, InputError) and stage == "parse"
+        bound.warning("ingest.quarantined", stage=stage, error=detail)
+        bound.debug("ingest.quarantined_traceback", stage=stage, traceback=stack[-4000:])
+        held = ctx.held(
             stage=stage,
-            error=detail,
-            traceback="".join(traceback.format_exception(error))[-4000:],
+            error=f"{type(error).__name__}: {error}\n\n{stack}",
+            reason="unusable" if not_a_message else "error",
         )
-        held = ctx.held(stage=stage, error=detail, reason="error")
         entry_id = quarantine.record(self.db, held, ctx.now, also=ctx.also)
         return IngestResult(
             Outcome.QUARANTINED,
             quarantine_id=entry_id,
             detail=detail,
             trace=tuple(ctx.trace_json()),
+            not_a_message=not_a_message,
         )
 
 

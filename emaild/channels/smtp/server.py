@@ -21,6 +21,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from emaild.accept_from import sender_allowed
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.auth import AuthMixin
+from emaild.channels.smtp.guard import guard_commands
 from emaild.channels.smtp.replies import (
     BUSY,
     DISABLED_REJECT,
@@ -229,6 +230,7 @@ class SmtpSession(SessionMixin, SMTP):
         # Set before aiosmtpd's __init__, which sizes the stream reader from it.
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
+        guard_commands(self)
 
 
 class LmtpSession(SessionMixin, LMTP):
@@ -238,6 +240,7 @@ class LmtpSession(SessionMixin, LMTP):
         self._setup(listener)
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
+        guard_commands(self)
 
 
 # --- handler: the aiosmtpd hooks ------------------------------------------------------
