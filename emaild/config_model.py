@@ -126,6 +126,14 @@ class LimitsConfig(Section):
     spool_part_bytes: Annotated[int, Field(gt=0)] = 256 * 1024
     workers: Annotated[int, Field(ge=1, le=256)] = 8
     pipeline_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Parse cost bounds: a message over one is kept raw in quarantine, unparsed.
+    max_header_fields: Annotated[int, Field(ge=10)] = 2000
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    max_header_recipients: Annotated[int, Field(ge=1)] = 1000
+    max_parts: Annotated[int, Field(ge=1)] = 1000
+    max_part_depth: Annotated[int, Field(ge=1)] = 20
+    # The share of the workers one SMTP/LMTP peer address may hold at once.
+    peer_worker_share: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
 class LoggingConfig(Section):

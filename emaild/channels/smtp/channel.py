@@ -13,6 +13,7 @@ import structlog
 
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.auth import security_settings, verify_password
+from emaild.channels.smtp.peers import PeerShares
 from emaild.channels.smtp.server import Kind, Listener, SessionMixin, peer_label
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import ConfigError
@@ -52,6 +53,7 @@ class SmtpChannel:
         self._idle.set()
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self.peers = PeerShares()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hostname = app.config.smtp.hostname or socket.getfqdn()
         self.tls, self.credentials = security_settings(app.config.smtp)
@@ -154,18 +156,45 @@ class SmtpChannel:
         return not self.busy()
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
-        """``pipeline.ingest`` in the worker pool, counted against ``max_pending``."""
+        """``pipeline.ingest`` in the worker pool, counted against ``max_pending``.
+
+        One peer address holds at most its share of the workers
+        (``limits.peer_worker_share``): its further messages wait here, on the
+        event loop, holding no worker, so a peer sending slow mail slows only
+        itself (issue 18 §2). Time spent waiting counts against the caller's
+        pipeline timeout.
+        """
         with self._pending_lock:
             self._pending += 1
+        host = envelope.peer.rpartition(":")[0].strip("[]") if envelope.peer else ""
         try:
-            future = self.executor.submit(self.app.pipeline.ingest, raw, envelope)
+            if host:
+                await self.peers.acquire(host, self._peer_share())
+            try:
+                future = self.executor.submit(self.app.pipeline.ingest, raw, envelope)
+            except BaseException:
+                if host:
+                    self.peers.release(host)
+                raise
         except BaseException:
             self._release()
             raise
         # Released when the worker really finishes, not when we stop waiting:
-        # a timed-out message still occupies a worker.
-        future.add_done_callback(lambda _f: self._release())
+        # a timed-out message still occupies a worker (and its peer's share).
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _f: self._finished(loop, host))
         return await asyncio.wrap_future(future)
+
+    def _peer_share(self) -> int:
+        limits = self.config().limits
+        return max(1, int(limits.workers * limits.peer_worker_share))
+
+    def _finished(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
+        """A worker finished a message (runs in that worker's thread)."""
+        self._release()
+        if host:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(self.peers.release, host)
 
     def _release(self) -> None:
         with self._pending_lock:
