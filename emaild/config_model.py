@@ -150,8 +150,14 @@ class SmtpConfig(Section):
     lmtp_listen: list[str] = []
     hostname: str = ""
     max_connections: Annotated[int, Field(ge=1)] = 200
+    # Per client address (Postfix's anvil): sessions at once, and new ones per minute.
+    max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
+    max_connection_rate_per_ip: Annotated[int, Field(ge=1)] = 600
     max_recipients: Annotated[int, Field(ge=1)] = 100
     timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # Before MAIL FROM (nothing at stake yet), and for everything under stress.
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    stress_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     max_line_length: Annotated[int, Field(ge=1000)] = 8192
     max_pending: Annotated[int, Field(ge=1)] = 64
     tls_cert: str = ""
@@ -159,6 +165,10 @@ class SmtpConfig(Section):
     require_tls: bool = False
     auth_file: str = ""
     auth_required: bool = False
+    # Failed logins in 10 minutes before AUTH is refused unchecked: from one
+    # client address; for one user, from addresses that failed before.
+    auth_failures_per_ip: Annotated[int, Field(ge=1)] = 10
+    auth_failures_per_user: Annotated[int, Field(ge=1)] = 5
 
 
 class MailboxConfig(Section):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from emaild.channels.health import ChannelHealth
+from emaild.channels.smtp.anvil import Anvil, AuthThrottle
 from emaild.channels.smtp.auth import security_settings, verify_password
 from emaild.channels.smtp.peers import PeerShares
 from emaild.channels.smtp.server import Kind, Listener, SessionMixin, peer_label
@@ -38,13 +39,16 @@ class SmtpChannel:
     """Every SMTP/LMTP listener of the process, sharing limits and the worker pool.
 
     ``executor`` runs the pipeline (the daemon's bounded pool); recipient
-    lookups get two threads of their own so they never queue behind messages.
+    lookups get two threads of their own so they never queue behind messages,
+    and password hashing one more, so logins never queue before lookups.
     """
 
     def __init__(self, app: App, executor: Executor) -> None:
         self.app = app
         self.executor = executor
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emaild-rcpt")
+        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emaild-auth")
+        self.auth_throttle = AuthThrottle()
         self.listeners: list[Listener] = []
         self.sessions: set[SessionMixin] = set()
         self.closing = False
@@ -54,6 +58,7 @@ class SmtpChannel:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.peers = PeerShares()
+        self.anvil = Anvil()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hostname = app.config.smtp.hostname or socket.getfqdn()
         self.tls, self.credentials = security_settings(app.config.smtp)
@@ -146,6 +151,7 @@ class SmtpChannel:
     def shutdown(self) -> None:
         """Release the lookup threads (the pipeline pool belongs to the caller)."""
         self._lookups.shutdown(wait=False, cancel_futures=True)
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     # --- work ---------------------------------------------------------------------
     def busy(self) -> bool:
@@ -215,12 +221,25 @@ class SmtpChannel:
             return routing
         return await loop.run_in_executor(self._lookups, book.lookup, address)
 
-    async def check_password(self, user: str, password: bytes) -> bool:
-        stored = self.credentials.get(user)
-        if stored is None:
+    async def check_password(self, user: str, password: bytes, host: str = "") -> bool:
+        """Verify a login, throttled per client address and per user (issue 18 §3).
+
+        PBKDF2 runs in a thread of its own: a burst of logins never delays the
+        recipient lookups that answer RCPT.
+        """
+        smtp = self.limits()
+        if not self.auth_throttle.allowed(
+            host, user, per_ip=smtp.auth_failures_per_ip, per_user=smtp.auth_failures_per_user
+        ):
+            log.warning("smtp.auth_throttled", peer=host, user=user)
             return False
-        loop = asyncio.get_running_loop()
-        ok: bool = await loop.run_in_executor(self._lookups, verify_password, stored, password)
+        stored = self.credentials.get(user)
+        ok = False
+        if stored is not None:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._hashing, verify_password, stored, password)
+        if not ok:
+            self.auth_throttle.failed(host, user)
         return ok
 
     def flush_health(self) -> None:

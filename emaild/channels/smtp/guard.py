@@ -60,5 +60,9 @@ def _guarded(session: Any, method: Any, command: str, reply: str) -> Any:
             await session.push(reply)
             return
         await method(arg)
+        # aiosmtpd armed the timer before the command ran; MAIL may have started
+        # a transaction, which has the longer timeout (emaild.channels.smtp.timeouts).
+        if command == "MAIL" and session.transport is not None:
+            session._reset_timeout()
 
     return guarded
