@@ -132,6 +132,9 @@ class LimitsConfig(Section):
     max_header_recipients: Annotated[int, Field(ge=1)] = 1000
     max_parts: Annotated[int, Field(ge=1)] = 1000
     max_part_depth: Annotated[int, Field(ge=1)] = 20
+    # SMTP/LMTP DATA bytes in flight (declared SIZE, else max_message_bytes,
+    # per transfer until answered); over it DATA gets 451 4.3.2.
+    data_bytes_in_flight: Annotated[int, Field(ge=MiB)] = 128 * MiB
     # The share of the workers one SMTP/LMTP peer address may hold at once.
     peer_worker_share: Annotated[float, Field(gt=0, le=1)] = 0.5
 

@@ -14,6 +14,7 @@ import structlog
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.anvil import Anvil, AuthThrottle
 from emaild.channels.smtp.auth import security_settings, verify_password
+from emaild.channels.smtp.budget import DataBudget
 from emaild.channels.smtp.peers import PeerShares
 from emaild.channels.smtp.server import Kind, Listener, SessionMixin, peer_label
 from emaild.config import Config, RoutingAddress, SmtpConfig
@@ -59,6 +60,7 @@ class SmtpChannel:
         self._pending_lock = threading.Lock()
         self.peers = PeerShares()
         self.anvil = Anvil()
+        self.data_budget = DataBudget()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hostname = app.config.smtp.hostname or socket.getfqdn()
         self.tls, self.credentials = security_settings(app.config.smtp)

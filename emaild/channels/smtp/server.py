@@ -22,6 +22,7 @@ from emaild.accept_from import sender_allowed
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.anvil import Anvil
 from emaild.channels.smtp.auth import AuthMixin
+from emaild.channels.smtp.budget import DataBudget, guard_data, settle
 from emaild.channels.smtp.guard import guard_commands
 from emaild.channels.smtp.replies import (
     BUSY,
@@ -61,6 +62,7 @@ class ChannelHost(Protocol):
     closing: bool
     sessions: set[SessionMixin]
     anvil: Anvil
+    data_budget: DataBudget
     hostname: str
     tls: ssl.SSLContext | None
     credentials: dict[str, str]
@@ -258,6 +260,7 @@ class SmtpSession(SessionMixin, SMTP):
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
         guard_commands(self)
+        guard_data(self)
 
 
 class LmtpSession(SessionMixin, LMTP):
@@ -268,6 +271,7 @@ class LmtpSession(SessionMixin, LMTP):
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
         guard_commands(self)
+        guard_data(self)
 
 
 # --- handler: the aiosmtpd hooks ------------------------------------------------------
@@ -346,6 +350,7 @@ class IntakeHandler:
                 "case": result.case_number if result else None,
             }
         )
+        settle(server)  # the message is stored or refused: its bytes are no longer in flight
         if self.listener.kind == "lmtp":
             # RFC 2033 4.2: one reply per successful RCPT, in order. The message
             # is stored once for all of them, so they share its outcome.
