@@ -107,7 +107,7 @@ def test_a_client_is_held_to_its_declared_size(make_app: Any) -> None:
         sock = _open_transaction(running.address, size=1000)
         sock.sendall(b"DATA\r\n")
         assert _reply(sock).startswith("354")
-        sock.sendall(_body(3, 50_000) + b".\r\n")
+        sock.sendall(_body(3, 100_000) + b".\r\n")  # over 2 x 1000 + 64 KiB
         assert _reply(sock).startswith("552")
         sock.close()
 

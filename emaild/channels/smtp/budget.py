@@ -5,7 +5,7 @@ the end of DATA: one bytearray per line, then the joined copy), and the
 pipeline holds it until stored. So the number of bytes that may be in
 flight at once is bounded by ``limits.data_bytes_in_flight``: at the DATA
 command a session reserves its declared ``SIZE`` (RFC 1870; the transfer is
-then held to it) or, without one, ``limits.max_message_bytes``; if the
+then held to twice that plus 64 KiB) or, without one, ``limits.max_message_bytes``; if the
 reservation does not fit, the client gets ``451 4.3.2`` before sending a
 byte and retries later. The reservation is returned when the message's
 reply has been sent. One reservation is always admitted when nothing else is
@@ -21,6 +21,7 @@ import functools
 from typing import Any
 
 TOO_MUCH_IN_FLIGHT = "451 4.3.2 Too much mail in transit; try again later"
+SIZE_MARGIN = 64 * 1024
 
 
 class DataBudget:
@@ -69,9 +70,12 @@ def guard_data(session: Any) -> None:
             session.record.rejected.append({"data": str(size), "reply": TOO_MUCH_IN_FLIGHT})
             await session.push(TOO_MUCH_IN_FLIGHT)
             return
-        # Held to what it declared: a client claiming SIZE=1 cannot send 35 MiB
-        # against a 1-byte reservation (552 5.3.4, as for any oversize message).
-        session.data_size_limit = size
+        # Held to about what it declared: a client claiming SIZE=1 cannot send
+        # 35 MiB against a 1-byte reservation (552 5.3.4, as for any oversize
+        # message). SIZE is the client's count before dot-stuffing and line-end
+        # fixing (smtplib turns bare LF into CRLF), so twice it plus a margin.
+        held = min(limits.max_message_bytes, 2 * declared + SIZE_MARGIN) if declared else size
+        session.data_size_limit = held
         session.data_reserved = size
         try:
             await original(arg)
