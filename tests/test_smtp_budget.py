@@ -23,6 +23,7 @@ from emaild.channels.smtp.budget import TOO_MUCH_IN_FLIGHT
 from emaild.store.models import Message
 
 CONFIG = "[limits]\ndata_bytes_in_flight = 1048576\nmax_message_bytes = 700000\n"
+DECLARED = 700_000
 
 
 def _reply(sock: socket.socket) -> str:
@@ -62,8 +63,8 @@ def _stored(app: App, message_id: str) -> bytes:
 def test_data_over_the_budget_is_told_451_and_stored_mail_is_exact(make_app: Any) -> None:
     app: App = make_app(CONFIG)
     with running_listener(app) as running:
-        first = _open_transaction(running.address)
-        second = _open_transaction(running.address)
+        first = _open_transaction(running.address, size=DECLARED)
+        second = _open_transaction(running.address, size=DECLARED)
         first.sendall(b"DATA\r\n")
         assert _reply(first).startswith("354")  # reserves 700000 of 1048576
         second.sendall(b"DATA\r\n")

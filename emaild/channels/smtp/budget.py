@@ -22,6 +22,10 @@ from typing import Any
 
 TOO_MUCH_IN_FLIGHT = "451 4.3.2 Too much mail in transit; try again later"
 SIZE_MARGIN = 64 * 1024
+# What a transfer without SIZE reserves. MTAs declare SIZE when it is
+# advertised (Postfix, Exim, Sendmail do); a client that does not is counted
+# at this nominal size, so the budget is exact only for declared transfers.
+NO_SIZE_RESERVE = 1024 * 1024
 
 
 class DataBudget:
@@ -65,7 +69,7 @@ def guard_data(session: Any) -> None:
         channel = session.listener.channel
         limits = channel.config().limits
         declared = declared_size(envelope.mail_options)
-        size = min(declared, limits.max_message_bytes) if declared else limits.max_message_bytes
+        size = min(declared, limits.max_message_bytes) if declared else NO_SIZE_RESERVE
         if not channel.data_budget.reserve(size, limits.data_bytes_in_flight):
             session.record.rejected.append({"data": str(size), "reply": TOO_MUCH_IN_FLIGHT})
             await session.push(TOO_MUCH_IN_FLIGHT)
@@ -74,7 +78,11 @@ def guard_data(session: Any) -> None:
         # 35 MiB against a 1-byte reservation (552 5.3.4, as for any oversize
         # message). SIZE is the client's count before dot-stuffing and line-end
         # fixing (smtplib turns bare LF into CRLF), so twice it plus a margin.
-        held = min(limits.max_message_bytes, 2 * declared + SIZE_MARGIN) if declared else size
+        held = (
+            min(limits.max_message_bytes, 2 * declared + SIZE_MARGIN)
+            if declared
+            else limits.max_message_bytes
+        )
         session.data_size_limit = held
         session.data_reserved = size
         try:
