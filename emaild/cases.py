@@ -42,13 +42,20 @@ def load_case(session: Session, number: int) -> Case | None:
     return session.scalars(
         select(Case)
         .where(Case.id == number)
-        .options(selectinload(Case.messages).selectinload(Message.attachments))
+        .options(
+            selectinload(Case.messages).selectinload(Message.attachments),
+            selectinload(Case.participants),
+        )
     ).first()
 
 
 def case_detail(case: Case, config: Config) -> dict[str, Any]:
     data = case_summary(case, len(case.messages))
     data["subject_token"] = subject_token(case.id, config)
+    data["participants"] = [
+        {"address": p.address, "role": p.role}
+        for p in sorted(case.participants, key=lambda p: p.id)
+    ]
     data["messages"] = [message_detail(m) for m in case.messages]
     return data
 

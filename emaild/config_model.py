@@ -36,6 +36,20 @@ def _normalise_address(value: str) -> str:
     return f"{local}@{domain.lower()}".lower()
 
 
+def _normalise_domain(value: str) -> str:
+    domain = value.strip().lower().removeprefix("@")
+    if not domain or "@" in domain or " " in domain or "." not in domain:
+        raise ValueError(f"not a domain: {value!r}")
+    return domain
+
+
+def _normalise_sender(value: str) -> str:
+    """An address, or a domain written ``@domain`` (``domain`` alone also works)."""
+    if "@" in value.strip().lstrip("@"):
+        return _normalise_address(value)
+    return "@" + _normalise_domain(value)
+
+
 class RoutingAddress(Section):
     """A support address emaild accepts mail for, with its case defaults."""
 
@@ -57,6 +71,10 @@ class RoutingAddress(Section):
     reopen_days: Annotated[int, Field(ge=0)] = 30
     # What an unauthenticated sender may do here (emaild.trust.policy).
     auth_policy: Literal["record", "require_for_threading", "require"] = "record"
+    # A reply whose sender is not on the case it threads onto (contract 7).
+    stranger_reply: Literal["new_linked_case", "append_flagged"] = "new_linked_case"
+    # Senders in these domains count as participants of this address's cases.
+    trusted_domains: list[str] = []
 
     @field_validator("address")
     @classmethod
@@ -79,6 +97,11 @@ class RoutingAddress(Section):
             out.append(item)
         return out
 
+    @field_validator("trusted_domains")
+    @classmethod
+    def _trusted_domains(cls, value: list[str]) -> list[str]:
+        return [_normalise_domain(v) for v in value]
+
     def all_addresses(self) -> tuple[str, ...]:
         return (self.address, *self.aliases)
 
@@ -100,6 +123,17 @@ class LimitsConfig(Section):
     spool_part_bytes: Annotated[int, Field(gt=0)] = 256 * 1024
     workers: Annotated[int, Field(ge=1, le=256)] = 8
     pipeline_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Parse cost bounds: a message over one is kept raw in quarantine, unparsed.
+    max_header_fields: Annotated[int, Field(ge=10)] = 2000
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    max_header_recipients: Annotated[int, Field(ge=1)] = 1000
+    max_parts: Annotated[int, Field(ge=1)] = 1000
+    max_part_depth: Annotated[int, Field(ge=1)] = 20
+    # SMTP/LMTP DATA bytes in flight (declared SIZE, else max_message_bytes,
+    # per transfer until answered); over it DATA gets 451 4.3.2.
+    data_bytes_in_flight: Annotated[int, Field(ge=MiB)] = 128 * MiB
+    # The share of the workers one SMTP/LMTP peer address may hold at once.
+    peer_worker_share: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
 class LoggingConfig(Section):
@@ -116,8 +150,14 @@ class SmtpConfig(Section):
     lmtp_listen: list[str] = []
     hostname: str = ""
     max_connections: Annotated[int, Field(ge=1)] = 200
+    # Per client address (Postfix's anvil): sessions at once, and new ones per minute.
+    max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
+    max_connection_rate_per_ip: Annotated[int, Field(ge=1)] = 600
     max_recipients: Annotated[int, Field(ge=1)] = 100
     timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # Before MAIL FROM (nothing at stake yet), and for everything under stress.
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    stress_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     max_line_length: Annotated[int, Field(ge=1000)] = 8192
     max_pending: Annotated[int, Field(ge=1)] = 64
     tls_cert: str = ""
@@ -125,6 +165,10 @@ class SmtpConfig(Section):
     require_tls: bool = False
     auth_file: str = ""
     auth_required: bool = False
+    # Failed logins in 10 minutes before AUTH is refused unchecked: from one
+    # client address; for one user, from addresses that failed before.
+    auth_failures_per_ip: Annotated[int, Field(ge=1)] = 10
+    auth_failures_per_user: Annotated[int, Field(ge=1)] = 5
 
 
 class MailboxConfig(Section):
@@ -216,6 +260,14 @@ class ThreadingConfig(Section):
     subject_token_format: str = "[Case #{number:08d}]"
     body_token: bool = False
     body_token_format: str = "ref:{token}:ref"
+    # Our own staff: addresses or "@domain"; they thread onto any case as
+    # participants ("internal"), never as strangers.
+    internal_senders: list[str] = []
+
+    @field_validator("internal_senders")
+    @classmethod
+    def _internal_senders(cls, value: list[str]) -> list[str]:
+        return [_normalise_sender(v) for v in value]
 
     @field_validator("subject_token_format", "body_token_format")
     @classmethod

@@ -29,22 +29,8 @@ class TrustConfig(Section):
     dns_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
     dns_cache_entries: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
     dns_cache_max_ttl_seconds: Annotated[float, Field(ge=0)] = 3600.0
-    # Agents and colleagues ("agent@example.com", "@example.com") whose forwards
-    # of a customer's mail open the case in the customer's name.
-    internal_senders: list[str] = []
     # Cc'd (and To) addresses of one message recorded as case participants, at most.
     max_cc_participants: Annotated[int, Field(ge=0, le=1000)] = 20
-
-    @field_validator("internal_senders")
-    @classmethod
-    def _internal(cls, value: list[str]) -> list[str]:
-        out = []
-        for item in value:
-            item = item.strip().lower()
-            if "@" not in item or " " in item or item.endswith("@"):
-                raise ValueError(f"not an address or @domain: {item!r}")
-            out.append(item)
-        return out
 
     @field_validator("dns_servers")
     @classmethod

@@ -67,6 +67,9 @@ class IngestResult:
     quarantine_id: int | None = None
     detail: str = ""
     trace: tuple[dict[str, Any], ...] = ()
+    # Quarantined because the input is not a message at all (no header block):
+    # kept, but a pipe answers 65 so the MTA tells the sender (README, exit codes).
+    not_a_message: bool = False
 
     @property
     def stored(self) -> bool:

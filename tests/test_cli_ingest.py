@@ -175,9 +175,11 @@ def test_storage_unavailable_exits_75_and_writes_nothing(
 def test_quarantine_cli_list_show_retry(run_cli: Any, corpus: Path) -> None:
     # A real fragment with no parsable header block: it must be kept raw, not lost.
     broken = (corpus / "mikel-mail/rfc2822/example13.eml").read_bytes()
+    # Not a message at all: exit 65 so the MTA tells the sender (issue 18 §5),
+    # and still kept.
     proc = run_cli("ingest", input=broken)
-    assert proc.returncode == 0, proc.stderr
-    assert b"quarantined as entry 1" in proc.stderr
+    assert proc.returncode == 65, proc.stderr
+    assert b"kept as quarantine entry 1" in proc.stderr
     (entry,) = json.loads(run_cli("quarantine", "list", "--json").stdout)
     assert entry["stage"] == "parse" and entry["status"] == "held"
     assert entry["raw_size"] == len(broken)

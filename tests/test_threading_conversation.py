@@ -30,7 +30,8 @@ EXPECTED_STEP = {
     "headers lost, tag kept": "case number",
     "headers and tag lost, token quoted": "body token",
     "outlook, nothing but thread-index": "thread-index",
-    "stranger replies to a message": "in-reply-to",
+    # A stranger's reply proves the thread, not that they belong to it (contract 7).
+    "stranger replies to a message": "",
     "everything lost": "",
     "stranger quotes the case number": "",
 }
@@ -176,6 +177,9 @@ def run_conversation(app: App) -> None:
         stranger = next(s for s in sent if s.behaviour == "stranger quotes the case number")
         other = session.get(Case, stranger.result.case_number)
         assert other is not None and other.mentioned_number == case
+        replier = next(s for s in sent if s.behaviour == "stranger replies to a message")
+        linked = session.get(Case, replier.result.case_number)
+        assert linked is not None and linked.linked_case_id == case
         assert session.get(Case, case) is not None
 
 

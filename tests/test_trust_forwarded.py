@@ -73,8 +73,8 @@ def forward_app(make_app: Any, tmp_path: Path, *, policy: str = "record", rule: 
     (rules_dir / "10.toml").write_text(rule, encoding="utf-8")
     app: App = make_app(
         f'rules_dir = "{rules_dir}"\n'
-        f'[trust]\nauthserv_ids = ["{MX}"]\ninternal_senders = ["@example.com"]\n'
-        "max_cc_participants = 2\n"
+        f'[trust]\nauthserv_ids = ["{MX}"]\nmax_cc_participants = 2\n'
+        '[threading]\ninternal_senders = ["@example.com"]\n'
         f'[[address]]\naddress = "{SUPPORT}"\nauth_policy = "{policy}"\n'
     )
     return app

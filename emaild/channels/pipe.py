@@ -1,7 +1,9 @@
 """The pipe channel: ``emaild ingest`` from an MTA transport or a shell.
 
 Exit status follows sysexits(3), which MTAs understand: 0 stored, 75 try
-again later, 65 unusable input (the MTA bounces it).
+again later, 65 unusable input (the MTA bounces it): empty, over the size
+limit, or not a message at all (no header block; that one is still kept in
+quarantine).
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ def ingest_pipe(
         return PipeAnswer(EX_TEMPFAIL, "", f"emaild: temporary failure, try again: {exc}")
     except InputError as exc:
         return PipeAnswer(EX_DATAERR, "", f"emaild: unusable input: {exc}")
+    if result.not_a_message:
+        # Kept in quarantine (nothing is lost), but the sender must hear that
+        # this was not mail: 65 makes the MTA bounce it.
+        return PipeAnswer(
+            EX_DATAERR,
+            "",
+            f"emaild: unusable input: {result.detail} "
+            f"(kept as quarantine entry {result.quarantine_id})",
+            result=result,
+        )
     return PipeAnswer(EX_OK, *describe(result), result=result)
 
 

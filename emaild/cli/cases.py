@@ -103,12 +103,17 @@ def show_cmd(ctx: Context, number: int, as_json: bool) -> None:
             click.echo(f"  {key.replace('_', ' ')}: {data[key]}")
     if data["tags"]:
         click.echo(f"  tags: {', '.join(data['tags'])}")
+    if data["participants"]:
+        people = ", ".join(f"{p['address']} ({p['role']})" for p in data["participants"])
+        click.echo(f"  participants: {people}")
     if data["linked_case"]:
         click.echo(f"  linked case: {case_number(data['linked_case'])}")
     for m in data["messages"]:
         click.echo("")
         arrow = "<-" if m["direction"] == "in" else "->"
         click.echo(f"{arrow} message {m['id']} {m['message_id']} via {m['channel']}")
+        if m["state"] == "flagged":
+            click.echo("   flagged: the sender is not a participant of this case")
         click.echo(
             f"   from: {m['from_name']} <{m['from']}>"
             if m["from_name"]

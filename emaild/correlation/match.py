@@ -14,7 +14,9 @@
 5. For bounces, DSNs and reports: the Message-ID of the original message they
    carry (``emaild.correlation.bounce``).
 
-Nothing else threads: a subject by itself never does. ``correlate`` adds the
+Nothing else threads: a subject by itself never does. ``correlate`` then
+checks that the sender belongs to the case found (``emaild.correlation.strangers``:
+a stranger gets a new linked case, or is appended flagged), and adds the
 closed-case policy of the routing address (``closed_case``: ``reopen``,
 ``reopen_within`` + ``reopen_days``, ``new_linked``); machine-generated mail
 (bounces, auto-replies, reports) is appended to a closed case without
@@ -35,9 +37,16 @@ from sqlalchemy.orm import Session
 from emaild.classify import Classification
 from emaild.config import RoutingAddress
 from emaild.correlation.bounce import embedded_message_ids
+from emaild.correlation.strangers import (
+    APPEND_FLAGGED,
+    Members,
+    is_participant,
+    membership,
+    strangers_open_case,
+)
 from emaild.correlation.tokens import CaseSigner
 from emaild.mime.parse import ParsedMessage
-from emaild.store.models import Case, CaseParticipant, Message, OutboxItem
+from emaild.store.models import Case, Message, OutboxItem
 
 CLOSED = "closed"
 REOPENED = "open"
@@ -64,6 +73,8 @@ class Correlation:
     case: Case | None
     linked_case_id: int | None = None
     mentioned_number: int | None = None
+    # A stranger's message appended under ``stranger_reply = "append_flagged"``.
+    flagged: bool = False
     trace: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -104,11 +115,14 @@ def correlate(
     now: datetime,
     policy_for: Callable[[Case], RoutingAddress],
     gate: Callable[[Thread], str] | None = None,
+    members: Members | None = None,
 ) -> Correlation:
-    """``find_thread`` plus the closed-case policy of the case's routing address.
+    """``find_thread``, the sender checks, then the closed-case policy of the case's
+    routing address.
 
     ``gate`` may refuse the case found (it returns why): the message then opens
     a new case linked to it (the sender authentication policy, emaild.trust).
+    ``members`` are who else belongs to every case (internal senders).
     """
     machine = classification is not None and classification.is_auto
     report = classification is not None and bool(classification.bounce or classification.report)
@@ -128,7 +142,19 @@ def correlate(
             None, mentioned_number=thread.mentioned_number, trace=[("new case", entry)]
         )
     case = thread.case
-    result = Correlation(case)
+    # Step 3 accepted the number from a participant only; every other step proves
+    # the conversation, not the sender.
+    why = "participant"
+    if thread.via != "case number":
+        sender = parsed.customer_addr
+        routing = policy_for(case)
+        why = membership(session, case, sender, routing, members or Members())
+        if not why and not report:
+            return _stranger(session, case, thread, sender, routing)
+        # A bounce or report carries our original: it belongs with the case, but
+        # its sender (a mailer daemon, or someone forging one) joins nothing.
+        thread.evidence["sender_is"] = why or "not a participant: appended flagged"
+    result = Correlation(case, flagged=not why)
     result.trace.append(
         ("threaded", {"case": case.id, "via": thread.via, **thread.evidence, **refused})
     )
@@ -160,6 +186,30 @@ def correlate(
             result.linked_case_id = case.id
             result.trace.append(("new linked case", {"closed_case": case.id, "reason": why}))
     return result
+
+
+def _stranger(
+    session: Session, case: Case, thread: Thread, sender: str, routing: RoutingAddress
+) -> Correlation:
+    """Where a stranger's message threaded onto ``case`` goes (never onto its participants)."""
+    who = sender or "a sender without an address"
+    policy = routing.stranger_reply
+    evidence: dict[str, Any] = {
+        "case": case.id,
+        "via": thread.via,
+        **thread.evidence,
+        "sender": sender,
+        "reason": f"{who} is not a participant of case {case.id}",
+        "policy": f"{routing.address}: stranger_reply = {policy}",
+    }
+    if policy == APPEND_FLAGGED:
+        return Correlation(case, flagged=True, trace=[("appended flagged", evidence)])
+    own = strangers_open_case(session, case, sender) if sender else None
+    if own is not None:
+        # The stranger's earlier message already opened their own linked case.
+        return Correlation(own, trace=[("followed link", {**evidence, "case": own.id})])
+    evidence["referred_case"] = evidence.pop("case")
+    return Correlation(None, linked_case_id=case.id, trace=[("new linked case", evidence)])
 
 
 def is_closed(case: Case) -> bool:
@@ -250,7 +300,7 @@ def _by_case_number(session: Session, signer: CaseSigner, p: ParsedMessage, t: T
         if case is None:
             t.refused.append(f"subject names case {number}, which does not exist")
             continue
-        if sender and _is_participant(session, case, sender):
+        if sender and is_participant(session, case, sender):
             t.case, t.via, t.evidence = case, "case number", {"number": number, "sender": sender}
             t.mentioned_number = None
             return True
@@ -330,17 +380,6 @@ def _stored_cases(
         if case_id is not None:
             found.setdefault(mid, case_id)
     return found
-
-
-def _is_participant(session: Session, case: Case, address: str) -> bool:
-    if case.customer == address:
-        return True
-    found = session.scalars(
-        select(CaseParticipant.id)
-        .where(CaseParticipant.case_id == case.id, CaseParticipant.address == address)
-        .limit(1)
-    ).first()
-    return found is not None
 
 
 def _aware(value: datetime) -> datetime:

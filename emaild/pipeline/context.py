@@ -74,6 +74,8 @@ class IngestContext:
     # Set by correlation: the existing case this message belongs to, if any.
     case: Case | None = None
     linked_case_id: int | None = None
+    # A stranger's message appended to ``case`` (stranger_reply = "append_flagged").
+    flagged: bool = False
     mentioned_number: int | None = None
     new_text: str | None = None  # the message's text without quoted history
     display_subject: str = ""  # the subject without our case tags

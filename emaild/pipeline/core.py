@@ -28,6 +28,7 @@ from emaild.addresses import AddressBook
 from emaild.config import Config
 from emaild.errors import InputError, TransientError
 from emaild.intake import Envelope, IngestResult, Outcome
+from emaild.mime.prescan import OverLimit, quick_message_id
 from emaild.pipeline.context import IngestContext
 from emaild.pipeline.stages import STAGES, Stage
 from emaild.services import Services
@@ -35,9 +36,12 @@ from emaild.store.blobs import BlobStore
 from emaild.store.database import Database, translate_errors
 from emaild.store.models import Message
 from emaild.store.rows import update_row
+from emaild.text import one_line
 from emaild.verification.release import INLINE_RELEASE_LIMIT, Released, release_held
 
 log = structlog.get_logger("emaild.pipeline")
+# How much of an error the result's ``detail`` (a pipe's line, a log event) repeats.
+DETAIL_CHARS = 300
 
 
 class Pipeline:
@@ -106,6 +110,11 @@ class Pipeline:
         if not store:
             return self._dry_run(ctx)
         bound = log.bind(channel=envelope.channel, peer=envelope.peer, raw_sha256=raw_sha[:16])
+        if also is None:
+            known = self._stored_before_parsing(raw, raw_sha)
+            if known is not None:
+                bound.info("ingest.stored", outcome=known.outcome.value, detail=known.detail)
+                return known
         try:
             result = self._run(ctx)
         except TransientError as exc:
@@ -207,6 +216,33 @@ class Pipeline:
             trace=tuple(ctx.trace_json()),
         )
 
+    def _stored_before_parsing(self, raw: bytes, raw_sha: str) -> IngestResult | None:
+        """The stored copy of these bytes or this Message-ID, found without parsing.
+
+        A retry of mail that was slow to store (the sender got 451, the worker
+        committed later) must get its 250 at once, not cost a parse and time
+        out again (issue 18 §2). The keys are those ``deduplicate`` uses; a held
+        copy is left to the pipeline, which releases it.
+        """
+        keys = [f"sha256:{raw_sha}"]
+        mid = quick_message_id(raw)
+        if mid:
+            keys.append(f"mid:{mid}")
+        with self.db.session(readonly=True) as session:
+            row = session.execute(
+                select(Message.id, Message.case_id)
+                .where(Message.dedup_key.in_(keys), Message.state != "held")
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return IngestResult(
+            Outcome.DUPLICATE,
+            case_number=row.case_id,
+            message_row_id=row.id,
+            detail="already stored (found before parsing)",
+        )
+
     def _duplicate_after_race(self, ctx: IngestContext) -> IngestResult | None:
         """The copy a concurrent writer committed first, if that is what collided."""
         if ctx.parsed is None:
@@ -226,11 +262,21 @@ class Pipeline:
     def _quarantine(
         self, ctx: IngestContext, stage: str, error: BaseException, bound: Any
     ) -> IngestResult:
-        detail = f"{type(error).__name__}: {error}"
-        # The traceback is for whoever fixes the bug: it stays with the entry
-        # (`emaild quarantine show`); the log gets one routine line, no stack.
+        # One short line for operators and MTAs (a parser's error can run to
+        # kilobytes); the whole error and its traceback go into the quarantine
+        # entry (``emaild quarantine show``) and the debug log.
+        detail = one_line(f"{type(error).__name__}: {error}", DETAIL_CHARS)
         stack = "".join(traceback.format_exception(error))[-6000:]
-        held = ctx.held(stage=stage, error=f"{detail}\n\n{stack}", reason="error")
+        not_a_message = isinstance(error, InputError) and stage == "parse"
+        reason = "unusable" if not_a_message else "error"
+        if isinstance(error, OverLimit):
+            reason = "over_limit"
+        bound.debug("ingest.quarantined_traceback", stage=stage, traceback=stack[-4000:])
+        held = ctx.held(
+            stage=stage,
+            error=f"{type(error).__name__}: {error}\n\n{stack}",
+            reason=reason,
+        )
         entry_id = quarantine.record(self.db, held, ctx.now, also=ctx.also)
         bound.warning("ingest.quarantined", stage=stage, error=detail, quarantine_id=entry_id)
         return IngestResult(
@@ -238,6 +284,7 @@ class Pipeline:
             quarantine_id=entry_id,
             detail=detail,
             trace=tuple(ctx.trace_json()),
+            not_a_message=not_a_message,
         )
 
 

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -19,12 +18,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    String,
-    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from emaild.store.safetext import SafeJSON, SafeString, SafeText
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -53,8 +52,8 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
-        dict[str, Any]: JSON(),
-        list[Any]: JSON(),
+        dict[str, Any]: SafeJSON(),
+        list[Any]: SafeJSON(),
     }
 
 
@@ -64,16 +63,16 @@ class Case(Base):
     __tablename__ = "cases"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    subject: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(16), default="new", index=True)
-    priority: Mapped[str] = mapped_column(String(16), default="Medium")
-    origin: Mapped[str] = mapped_column(String(64), default="Email")
-    owner: Mapped[str] = mapped_column(String(255), default="")
-    category: Mapped[str] = mapped_column(String(255), default="")
+    subject: Mapped[str] = mapped_column(SafeText(), default="")
+    status: Mapped[str] = mapped_column(SafeString(16), default="new", index=True)
+    priority: Mapped[str] = mapped_column(SafeString(16), default="Medium")
+    origin: Mapped[str] = mapped_column(SafeString(64), default="Email")
+    owner: Mapped[str] = mapped_column(SafeString(255), default="")
+    category: Mapped[str] = mapped_column(SafeString(255), default="")
     tags: Mapped[list[Any]] = mapped_column(default=list)
-    routing_address: Mapped[str] = mapped_column(String(320), index=True)
-    customer: Mapped[str] = mapped_column(String(320), default="", index=True)
-    customer_name: Mapped[str] = mapped_column(Text, default="")
+    routing_address: Mapped[str] = mapped_column(SafeString(320), index=True)
+    customer: Mapped[str] = mapped_column(SafeString(320), default="", index=True)
+    customer_name: Mapped[str] = mapped_column(SafeText(), default="")
     # Indexed: a reply to a closed case looks for an open follow-up linked to it.
     linked_case_id: Mapped[int | None] = mapped_column(
         ForeignKey("cases.id"), default=None, index=True
@@ -104,8 +103,8 @@ class CaseParticipant(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
-    address: Mapped[str] = mapped_column(String(320), index=True)
-    role: Mapped[str] = mapped_column(String(16), default="customer")
+    address: Mapped[str] = mapped_column(SafeString(320), index=True)
+    role: Mapped[str] = mapped_column(SafeString(16), default="customer")
 
     case: Mapped[Case] = relationship(back_populates="participants")
 
@@ -123,34 +122,35 @@ class Message(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True, default=None)
-    direction: Mapped[str] = mapped_column(String(3), default="in")
+    direction: Mapped[str] = mapped_column(SafeString(3), default="in")
     # held: accepted but not (yet) a case, e.g. unverified address; stored: on a case;
-    # dropped: a rule dropped it (raw kept); quarantined: see the quarantine table.
-    state: Mapped[str] = mapped_column(String(16), default="stored", index=True)
-    dedup_key: Mapped[str] = mapped_column(String(1024), unique=True)
-    message_id: Mapped[str] = mapped_column(String(998), default="", index=True)
-    in_reply_to: Mapped[str] = mapped_column(Text, default="")
+    # dropped: a rule dropped it (raw kept); quarantined: see the quarantine table;
+    # flagged: on a case, from a stranger to it (emaild.correlation.strangers).
+    state: Mapped[str] = mapped_column(SafeString(16), default="stored", index=True)
+    dedup_key: Mapped[str] = mapped_column(SafeString(1024), unique=True)
+    message_id: Mapped[str] = mapped_column(SafeString(998), default="", index=True)
+    in_reply_to: Mapped[str] = mapped_column(SafeText(), default="")
     references: Mapped[list[Any]] = mapped_column(default=list)
-    thread_index: Mapped[str] = mapped_column(String(64), default="")
-    from_addr: Mapped[str] = mapped_column(String(320), default="")
-    from_name: Mapped[str] = mapped_column(Text, default="")
-    reply_to: Mapped[str] = mapped_column(String(320), default="")
+    thread_index: Mapped[str] = mapped_column(SafeString(64), default="")
+    from_addr: Mapped[str] = mapped_column(SafeString(320), default="")
+    from_name: Mapped[str] = mapped_column(SafeText(), default="")
+    reply_to: Mapped[str] = mapped_column(SafeString(320), default="")
     to: Mapped[list[Any]] = mapped_column(default=list)
     cc: Mapped[list[Any]] = mapped_column(default=list)
-    subject: Mapped[str] = mapped_column(Text, default="")
-    text: Mapped[str] = mapped_column(Text, default="")
-    html: Mapped[str] = mapped_column(Text, default="")
-    new_text: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(SafeText(), default="")
+    text: Mapped[str] = mapped_column(SafeText(), default="")
+    html: Mapped[str] = mapped_column(SafeText(), default="")
+    new_text: Mapped[str] = mapped_column(SafeText(), default="")
     headers: Mapped[list[Any]] = mapped_column(default=list)
-    raw_sha256: Mapped[str] = mapped_column(String(64))
+    raw_sha256: Mapped[str] = mapped_column(SafeString(64))
     raw_size: Mapped[int] = mapped_column(BigInteger)
-    channel: Mapped[str] = mapped_column(String(32), default="")
-    envelope_from: Mapped[str] = mapped_column(String(320), default="")
+    channel: Mapped[str] = mapped_column(SafeString(32), default="")
+    envelope_from: Mapped[str] = mapped_column(SafeString(320), default="")
     envelope_to: Mapped[list[Any]] = mapped_column(default=list)
-    routing_address: Mapped[str] = mapped_column(String(320), default="")
+    routing_address: Mapped[str] = mapped_column(SafeString(320), default="")
     is_auto: Mapped[bool] = mapped_column(Boolean, default=False)
     is_bounce: Mapped[bool] = mapped_column(Boolean, default=False)
-    fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    fingerprint: Mapped[str] = mapped_column(SafeString(64), default="")
     defects: Mapped[list[Any]] = mapped_column(default=list)
     decision_trace: Mapped[list[Any]] = mapped_column(default=list)
     date: Mapped[datetime | None] = mapped_column(default=None)
@@ -171,12 +171,12 @@ class Attachment(Base):
     message_id: Mapped[int] = mapped_column(
         ForeignKey("messages.id", ondelete="CASCADE"), index=True
     )
-    filename: Mapped[str] = mapped_column(Text, default="")
-    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
-    content_id: Mapped[str] = mapped_column(String(998), default="")
-    disposition: Mapped[str] = mapped_column(String(32), default="attachment")
+    filename: Mapped[str] = mapped_column(SafeText(), default="")
+    content_type: Mapped[str] = mapped_column(SafeString(255), default="application/octet-stream")
+    content_id: Mapped[str] = mapped_column(SafeString(998), default="")
+    disposition: Mapped[str] = mapped_column(SafeString(32), default="attachment")
     size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(SafeString(64), index=True)
 
     message: Mapped[Message] = relationship(back_populates="attachments")
 
@@ -188,17 +188,17 @@ class QuarantineEntry(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime]
-    channel: Mapped[str] = mapped_column(String(32), default="")
-    envelope_from: Mapped[str] = mapped_column(String(320), default="")
+    channel: Mapped[str] = mapped_column(SafeString(32), default="")
+    envelope_from: Mapped[str] = mapped_column(SafeString(320), default="")
     envelope_to: Mapped[list[Any]] = mapped_column(default=list)
-    raw_sha256: Mapped[str] = mapped_column(String(64), default="")
+    raw_sha256: Mapped[str] = mapped_column(SafeString(64), default="")
     raw_size: Mapped[int] = mapped_column(BigInteger, default=0)
-    headers: Mapped[str] = mapped_column(Text, default="")
-    reason: Mapped[str] = mapped_column(String(32), default="error")
-    stage: Mapped[str] = mapped_column(String(64), default="")
-    error: Mapped[str] = mapped_column(Text, default="")
+    headers: Mapped[str] = mapped_column(SafeText(), default="")
+    reason: Mapped[str] = mapped_column(SafeString(32), default="error")
+    stage: Mapped[str] = mapped_column(SafeString(64), default="")
+    error: Mapped[str] = mapped_column(SafeText(), default="")
     # held: waiting; released: retried into a case; discarded: an operator gave up.
-    status: Mapped[str] = mapped_column(String(16), default="held", index=True)
+    status: Mapped[str] = mapped_column(SafeString(16), default="held", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
@@ -215,21 +215,21 @@ class OutboxItem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime]
-    kind: Mapped[str] = mapped_column(String(32), default="autoresponse")
+    kind: Mapped[str] = mapped_column(SafeString(32), default="autoresponse")
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), default=None)
     in_reply_to_row: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
-    mail_from: Mapped[str] = mapped_column(String(320), default="")
-    rcpt_to: Mapped[str] = mapped_column(String(320))
-    message_id: Mapped[str] = mapped_column(String(998), default="", index=True)
+    mail_from: Mapped[str] = mapped_column(SafeString(320), default="")
+    rcpt_to: Mapped[str] = mapped_column(SafeString(320))
+    message_id: Mapped[str] = mapped_column(SafeString(998), default="", index=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(SafeString(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
-    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str] = mapped_column(SafeText(), default="")
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     # A delivery worker's claim: while ``claimed_until`` is in the future no other
     # process may send this item; an expired claim (a crashed worker) is taken over.
-    claimed_by: Mapped[str] = mapped_column(String(64), default="")
+    claimed_by: Mapped[str] = mapped_column(SafeString(64), default="")
     claimed_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -238,8 +238,8 @@ class SuppressedRecipient(Base):
 
     __tablename__ = "suppressed_recipients"
 
-    address: Mapped[str] = mapped_column(String(320), primary_key=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str] = mapped_column(SafeString(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(SafeText(), default="")
     created_at: Mapped[datetime]
 
 
@@ -248,8 +248,8 @@ class ImapCursor(Base):
 
     __tablename__ = "imap_cursors"
 
-    mailbox: Mapped[str] = mapped_column(String(255), primary_key=True)
-    folder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    mailbox: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
+    folder: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
     uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
     # Every UID up to last_uid is stored (moved in the message's transaction);
     # up to acked_uid the after-store action (flag/move/delete) is done too.
@@ -263,11 +263,11 @@ class ChannelStatus(Base):
 
     __tablename__ = "channel_status"
 
-    name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(SafeString(32))
     last_success_at: Mapped[datetime | None] = mapped_column(default=None)
     last_failure_at: Mapped[datetime | None] = mapped_column(default=None)
-    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str] = mapped_column(SafeText(), default="")
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -276,7 +276,7 @@ class ManagedAddress(Base):
 
     __tablename__ = "routing_addresses"
 
-    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    address: Mapped[str] = mapped_column(SafeString(320), primary_key=True)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -289,13 +289,13 @@ class VerificationToken(Base):
     __tablename__ = "verification_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    address: Mapped[str] = mapped_column(String(320), index=True)
-    purpose: Mapped[str] = mapped_column(String(32), default="verify")
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(SafeString(320), index=True)
+    purpose: Mapped[str] = mapped_column(SafeString(32), default="verify")
+    token_hash: Mapped[str] = mapped_column(SafeString(64), unique=True)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None] = mapped_column(default=None)
-    used_via: Mapped[str] = mapped_column(String(32), default="")
+    used_via: Mapped[str] = mapped_column(SafeString(32), default="")
     # The message that carried the token back (None: confirmed by hand, or unused).
     message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
 
@@ -309,9 +309,9 @@ class CaseEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(SafeString(32))
     # Who: an API token's name, "cli", or "mail" for the pipeline.
-    actor: Mapped[str] = mapped_column(String(255), default="")
+    actor: Mapped[str] = mapped_column(SafeString(255), default="")
     at: Mapped[datetime]
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
@@ -322,9 +322,9 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    scope: Mapped[str] = mapped_column(String(8))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(SafeString(64), unique=True)
+    scope: Mapped[str] = mapped_column(SafeString(8))
+    token_hash: Mapped[str] = mapped_column(SafeString(64), unique=True)
     created_at: Mapped[datetime]
 
 
@@ -339,10 +339,10 @@ class IdempotencyKey(Base):
     __table_args__ = (UniqueConstraint("token_name", "key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    token_name: Mapped[str] = mapped_column(String(64))
-    key: Mapped[str] = mapped_column(String(255))
+    token_name: Mapped[str] = mapped_column(SafeString(64))
+    key: Mapped[str] = mapped_column(SafeString(255))
     # sha256 of method, path and body: the same key for another request is refused.
-    request_hash: Mapped[str] = mapped_column(String(64))
+    request_hash: Mapped[str] = mapped_column(SafeString(64))
     status_code: Mapped[int] = mapped_column(Integer, default=0)
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from emaild.channels.health import ChannelHealth
+from emaild.channels.smtp.anvil import Anvil, AuthThrottle
 from emaild.channels.smtp.auth import security_settings, verify_password
+from emaild.channels.smtp.budget import DataBudget
+from emaild.channels.smtp.peers import PeerShares
 from emaild.channels.smtp.server import Kind, Listener, SessionMixin, peer_label
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import ConfigError
@@ -37,13 +40,16 @@ class SmtpChannel:
     """Every SMTP/LMTP listener of the process, sharing limits and the worker pool.
 
     ``executor`` runs the pipeline (the daemon's bounded pool); recipient
-    lookups get two threads of their own so they never queue behind messages.
+    lookups get two threads of their own so they never queue behind messages,
+    and password hashing one more, so logins never queue before lookups.
     """
 
     def __init__(self, app: App, executor: Executor) -> None:
         self.app = app
         self.executor = executor
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emaild-rcpt")
+        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emaild-auth")
+        self.auth_throttle = AuthThrottle()
         self.listeners: list[Listener] = []
         self.sessions: set[SessionMixin] = set()
         self.closing = False
@@ -52,6 +58,9 @@ class SmtpChannel:
         self._idle.set()
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self.peers = PeerShares()
+        self.anvil = Anvil()
+        self.data_budget = DataBudget()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hostname = app.config.smtp.hostname or socket.getfqdn()
         self.tls, self.credentials = security_settings(app.config.smtp)
@@ -144,6 +153,7 @@ class SmtpChannel:
     def shutdown(self) -> None:
         """Release the lookup threads (the pipeline pool belongs to the caller)."""
         self._lookups.shutdown(wait=False, cancel_futures=True)
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     # --- work ---------------------------------------------------------------------
     def busy(self) -> bool:
@@ -154,18 +164,45 @@ class SmtpChannel:
         return not self.busy()
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
-        """``pipeline.ingest`` in the worker pool, counted against ``max_pending``."""
+        """``pipeline.ingest`` in the worker pool, counted against ``max_pending``.
+
+        One peer address holds at most its share of the workers
+        (``limits.peer_worker_share``): its further messages wait here, on the
+        event loop, holding no worker, so a peer sending slow mail slows only
+        itself (issue 18 §2). Time spent waiting counts against the caller's
+        pipeline timeout.
+        """
         with self._pending_lock:
             self._pending += 1
+        host = envelope.peer.rpartition(":")[0].strip("[]") if envelope.peer else ""
         try:
-            future = self.executor.submit(self.app.pipeline.ingest, raw, envelope)
+            if host:
+                await self.peers.acquire(host, self._peer_share())
+            try:
+                future = self.executor.submit(self.app.pipeline.ingest, raw, envelope)
+            except BaseException:
+                if host:
+                    self.peers.release(host)
+                raise
         except BaseException:
             self._release()
             raise
         # Released when the worker really finishes, not when we stop waiting:
-        # a timed-out message still occupies a worker.
-        future.add_done_callback(lambda _f: self._release())
+        # a timed-out message still occupies a worker (and its peer's share).
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _f: self._finished(loop, host))
         return await asyncio.wrap_future(future)
+
+    def _peer_share(self) -> int:
+        limits = self.config().limits
+        return max(1, int(limits.workers * limits.peer_worker_share))
+
+    def _finished(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
+        """A worker finished a message (runs in that worker's thread)."""
+        self._release()
+        if host:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(self.peers.release, host)
 
     def _release(self) -> None:
         with self._pending_lock:
@@ -186,12 +223,25 @@ class SmtpChannel:
             return routing
         return await loop.run_in_executor(self._lookups, book.lookup, address)
 
-    async def check_password(self, user: str, password: bytes) -> bool:
-        stored = self.credentials.get(user)
-        if stored is None:
+    async def check_password(self, user: str, password: bytes, host: str = "") -> bool:
+        """Verify a login, throttled per client address and per user (issue 18 §3).
+
+        PBKDF2 runs in a thread of its own: a burst of logins never delays the
+        recipient lookups that answer RCPT.
+        """
+        smtp = self.limits()
+        if not self.auth_throttle.allowed(
+            host, user, per_ip=smtp.auth_failures_per_ip, per_user=smtp.auth_failures_per_user
+        ):
+            log.warning("smtp.auth_throttled", peer=host, user=user)
             return False
-        loop = asyncio.get_running_loop()
-        ok: bool = await loop.run_in_executor(self._lookups, verify_password, stored, password)
+        stored = self.credentials.get(user)
+        ok = False
+        if stored is not None:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._hashing, verify_password, stored, password)
+        if not ok:
+            self.auth_throttle.failed(host, user)
         return ok
 
     def flush_health(self) -> None:

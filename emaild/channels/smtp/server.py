@@ -20,7 +20,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from emaild.accept_from import sender_allowed
 from emaild.channels.health import ChannelHealth
+from emaild.channels.smtp.anvil import Anvil
 from emaild.channels.smtp.auth import AuthMixin
+from emaild.channels.smtp.budget import DataBudget, guard_data, settle
+from emaild.channels.smtp.guard import guard_commands
 from emaild.channels.smtp.replies import (
     BUSY,
     DISABLED_REJECT,
@@ -32,13 +35,16 @@ from emaild.channels.smtp.replies import (
     TEMPFAIL,
     TEMPFAIL_INTERNAL,
     TEMPFAIL_TIMEOUT,
+    TOO_FAST_FROM_YOU,
     TOO_MANY_CONNECTIONS,
+    TOO_MANY_FROM_YOU,
     TOO_MANY_RECIPIENTS,
     UNKNOWN_RECIPIENT,
     UNUSABLE,
     enhanced,
     stored_reply,
 )
+from emaild.channels.smtp.timeouts import AdaptiveTimeout
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import InputError, TransientError
 from emaild.pipeline import Envelope, IngestResult
@@ -55,6 +61,8 @@ class ChannelHost(Protocol):
 
     closing: bool
     sessions: set[SessionMixin]
+    anvil: Anvil
+    data_budget: DataBudget
     hostname: str
     tls: ssl.SSLContext | None
     credentials: dict[str, str]
@@ -80,7 +88,14 @@ class ChannelHost(Protocol):
 
     async def lookup(self, address: str) -> RoutingAddress | None: ...
 
-    async def check_password(self, user: str, password: bytes) -> bool: ...
+    async def check_password(self, user: str, password: bytes, host: str = "") -> bool: ...
+
+
+def peer_host(address: Any) -> str:
+    """The host part of a socket address (the client's IP address)."""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address)
 
 
 def peer_label(address: Any) -> str:
@@ -105,7 +120,7 @@ class SessionRecord:
     rejected: list[dict[str, str]] = field(default_factory=list)
 
 
-class SessionMixin(AuthMixin):
+class SessionMixin(AdaptiveTimeout, AuthMixin):
     """Shared by the SMTP and LMTP protocol classes: limits, drain, replies, AUTH.
 
     One protocol object serves one connection.
@@ -115,12 +130,14 @@ class SessionMixin(AuthMixin):
     record: SessionRecord
     _counted: bool
     _said_goodbye: bool
+    _host: str
 
     def _setup(self, listener: Listener) -> None:
         self.listener = listener
         self.record = SessionRecord(peer="")
         self._counted = False
         self._said_goodbye = False
+        self._host = ""
 
     def connection_made(self, transport: Any) -> None:
         this: Any = self
@@ -130,9 +147,21 @@ class SessionMixin(AuthMixin):
             return
         channel = self.listener.channel
         self.record.peer = peer_label(transport.get_extra_info("peername"))
-        if channel.closing or len(channel.sessions) >= channel.limits().max_connections:
-            # Refuse before aiosmtpd starts the session: no greeting, no handler task.
+        limits = channel.limits()
+        reply = ""
+        if channel.closing or len(channel.sessions) >= limits.max_connections:
             reply = SHUTTING_DOWN if channel.closing else TOO_MANY_CONNECTIONS
+        else:
+            self._host = peer_host(transport.get_extra_info("peername"))
+            refused = channel.anvil.admit(
+                self._host,
+                max_sessions=limits.max_connections_per_ip,
+                max_rate=limits.max_connection_rate_per_ip,
+            )
+            if refused:
+                reply = TOO_MANY_FROM_YOU if refused == "sessions" else TOO_FAST_FROM_YOU
+        if reply:
+            # Refuse before aiosmtpd starts the session: no greeting, no handler task.
             transport.write(reply.encode("ascii") + b"\r\n")
             transport.close()
             channel.refused += 1
@@ -148,6 +177,7 @@ class SessionMixin(AuthMixin):
         try:
             super().connection_lost(error)  # type: ignore[misc]
         finally:
+            self.listener.channel.anvil.ended(self._host)
             self.listener.channel.session_ended(self)
             self._log_session()
 
@@ -199,7 +229,7 @@ class SessionMixin(AuthMixin):
 
     async def _check_login(self, login: bytes, password: bytes) -> Any:
         user = login.decode("utf-8", "replace")
-        ok = await self.listener.channel.check_password(user, password)
+        ok = await self.listener.channel.check_password(user, password, self._host)
         if ok:
             self.record.user = user
             return AuthResult(success=True, auth_data=LoginPassword(login, b""))
@@ -229,6 +259,8 @@ class SmtpSession(SessionMixin, SMTP):
         # Set before aiosmtpd's __init__, which sizes the stream reader from it.
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
+        guard_commands(self)
+        guard_data(self)
 
 
 class LmtpSession(SessionMixin, LMTP):
@@ -238,6 +270,8 @@ class LmtpSession(SessionMixin, LMTP):
         self._setup(listener)
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
+        guard_commands(self)
+        guard_data(self)
 
 
 # --- handler: the aiosmtpd hooks ------------------------------------------------------
@@ -317,6 +351,7 @@ class IntakeHandler:
                 "case": result.case_number if result else None,
             }
         )
+        settle(server)  # the message is stored or refused: its bytes are no longer in flight
         if self.listener.kind == "lmtp":
             # RFC 2033 4.2: one reply per successful RCPT, in order. The message
             # is stored once for all of them, so they share its outcome.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from emaild.correlation.match import correlate
 from emaild.correlation.newtext import new_text
+from emaild.correlation.strangers import Members
 from emaild.correlation.subject import display_subject
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.pipeline.stages.authenticate import thread_gate
@@ -32,8 +33,10 @@ class CorrelateStage:
             now=ctx.now,
             policy_for=lambda case: book.lookup(case.routing_address) or routing,
             gate=thread_gate(ctx),
+            members=Members.of(book.own_addresses(), ctx.config.threading.internal_senders),
         )
         ctx.case = result.case
+        ctx.flagged = result.flagged
         ctx.linked_case_id = result.linked_case_id
         ctx.mentioned_number = result.mentioned_number
         for decision, evidence in result.trace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from emaild.mime.parse import parse_message
+from emaild.mime.prescan import OverLimit, ParseLimits, over_limits
 from emaild.pipeline.context import IngestContext
 
 
@@ -13,6 +14,20 @@ class ParseStage:
 
     def __call__(self, ctx: IngestContext) -> None:
         limits = ctx.config.limits
+        # Parse cost grows with these; over one, the message is kept raw in
+        # quarantine (reason over_limit) rather than tying up a worker.
+        too_costly = over_limits(
+            ctx.raw,
+            ParseLimits(
+                max_header_fields=limits.max_header_fields,
+                max_header_bytes=limits.max_header_bytes,
+                max_recipients=limits.max_header_recipients,
+                max_parts=limits.max_parts,
+                max_depth=limits.max_part_depth,
+            ),
+        )
+        if too_costly:
+            raise OverLimit(too_costly)
         ctx.parsed = parse_message(
             ctx.raw,
             spool_threshold=limits.spool_part_bytes,

@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from emaild import quarantine
 from emaild.casework.events import MAIL, record_many
 from emaild.correlation.loops import fingerprint as message_fingerprint
+from emaild.correlation.strangers import FLAGGED
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.pipeline.stages.unwrap import case_customer
 from emaild.store.models import Case, Message
@@ -70,8 +71,11 @@ class PersistStage:
         else:
             ctx.case.updated_at = now
             ctx.outcome = Outcome.APPENDED
-        self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
-        ctx.message = self._message(ctx, state="stored", case_id=ctx.case.id)
+        if not ctx.flagged:
+            # A stranger's flagged message adds nobody: its To/Cc are the stranger's choice.
+            self._participants(ctx, new=ctx.outcome is Outcome.NEW_CASE)
+        state = FLAGGED if ctx.flagged else "stored"
+        ctx.message = self._message(ctx, state=state, case_id=ctx.case.id)
         # The case's history, in this same transaction (webhooks deliver it).
         events: list[tuple[int, str, dict[str, Any]]] = [
             (ctx.case.id, "message.received", {"message": ctx.message.id})

@@ -1,6 +1,6 @@
 """``unwrap``: a customer's message forwarded by an agent opens the case in the customer's name.
 
-When a configured internal sender (``[trust] internal_senders``) forwards a
+When a configured internal sender (``[threading] internal_senders``) forwards a
 message to a support address (inline "Forwarded message" block or attached
 ``message/rfc822``), the case's customer is the original sender and the
 forwarder is recorded (trace, and a ``forwarder`` participant). The forward
@@ -42,7 +42,7 @@ class UnwrapStage:
 
     def __call__(self, ctx: IngestContext) -> None:
         assert ctx.parsed is not None and ctx.routing is not None
-        p, internal = ctx.parsed, ctx.config.trust.internal_senders
+        p, internal = ctx.parsed, ctx.config.threading.internal_senders
         sender = p.from_addr
         if not internal or not is_internal(sender, internal):
             return
