@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 
 import click
 
@@ -25,38 +26,26 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_path)
 
 
-def _register() -> None:
-    from emaild.cli import (
-        address,
-        cases,
-        check,
-        ingest,
-        mailbox,
-        outbox,
-        postfix,
-        quarantine,
-        rules,
-        run,
-        status,
-        token,
-    )
+# One module per command group, each with ``register(group)``.
+COMMAND_MODULES = (
+    "address",
+    "cases",
+    "check",
+    "ingest",
+    "mailbox",
+    "outbox",
+    "postfix",
+    "quarantine",
+    "rules",
+    "run",
+    "status",
+    "token",
+)
 
-    modules = (
-        address,
-        cases,
-        check,
-        ingest,
-        mailbox,
-        outbox,
-        postfix,
-        quarantine,
-        rules,
-        run,
-        status,
-        token,
-    )
-    for module in modules:
-        module.register(cli)
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        import_module(f"emaild.cli.{name}").register(cli)
     for command in cli.commands.values():
         add_config_option(command)
 
