@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from emaild.app import App
 from emaild.pipeline import Envelope, Outcome
+from emaild.pipeline.stages import insert_stage
 from emaild.store.models import Case, Message, QuarantineEntry
 
 SIMPLE = (
@@ -53,16 +54,19 @@ def test_same_bytes_without_message_id_is_one_case(app: App) -> None:
     assert count(app, Case) == 2
 
 
+class Boom:
+    """A stage that always fails: its message must be quarantined, raw."""
+
+    name = "boom"
+    description = "always fails"
+    needs_session = True
+
+    def __call__(self, ctx: object) -> None:
+        raise RuntimeError("kaboom")
+
+
 def test_failing_stage_quarantines_raw(app: App) -> None:
-    class Boom:
-        name = "boom"
-        description = "always fails"
-        needs_session = True
-
-        def __call__(self, ctx: object) -> None:
-            raise RuntimeError("kaboom")
-
-    app.pipeline.stages = (*app.pipeline.stages[:3], Boom())
+    app.pipeline.stages = insert_stage(app.pipeline.stages, Boom(), after="accept")
     result = app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
     assert result.outcome is Outcome.QUARANTINED
     assert count(app, Case) == 0
@@ -110,15 +114,7 @@ def test_routine_quarantine_logs_one_line_and_keeps_the_stack_in_the_entry(app: 
     """`journalctl -p err` is for trouble: a quarantine is a warning without a stack."""
     from structlog.testing import capture_logs
 
-    class Boom:
-        name = "boom"
-        description = "always fails"
-        needs_session = True
-
-        def __call__(self, ctx: object) -> None:
-            raise RuntimeError("kaboom")
-
-    app.pipeline.stages = (*app.pipeline.stages[:3], Boom())
+    app.pipeline.stages = insert_stage(app.pipeline.stages, Boom(), after="accept")
     with capture_logs() as logged:
         result = app.pipeline.ingest(SIMPLE, Envelope(channel="test"))
     [line] = [e for e in logged if e["event"] == "ingest.quarantined"]

@@ -82,11 +82,14 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
+each_case = pytest.mark.parametrize(
     ("name", "frm", "mail_from", "signer", "tamper", "expected", "authenticated"),
     CASES,
     ids=[c[0] for c in CASES],
 )
+
+
+@each_case
 def test_checker_results(
     dns: tuple[str, Zone],
     keys: dict[str, tuple[bytes, str]],
@@ -149,11 +152,7 @@ def checked_app(make_app: Any, address: str, policy: str) -> App:
     return app
 
 
-@pytest.mark.parametrize(
-    ("name", "frm", "mail_from", "signer", "tamper", "expected", "authenticated"),
-    CASES,
-    ids=[c[0] for c in CASES],
-)
+@each_case
 def test_policy_decision_on_checked_mail(
     make_app: Any,
     dns: tuple[str, Zone],
