@@ -152,3 +152,60 @@ def test_a_reply_to_a_closed_case_reopens_it_as_an_event(api: Any, relay_sink: A
         # The agent who saw it closed cannot overwrite the reopening unknowingly.
         stale = c.patch(f"/cases/{number}", json={"owner": "x"}, headers={"If-Match": tag})
         assert stale.status_code == 412
+
+
+def test_reply_rendered_from_the_shipped_reply_template(api: Any, relay_sink: Any) -> None:
+    number = mail_in(api, build_mail(subject="Printer on fire", body="It smokes.\r\nAnd beeps."))
+    settle(relay_sink)
+    with api.client("write") as c:
+        r = c.post(
+            f"/cases/{number}/replies",
+            json={"text": "Unplug it, please.", "template": "reply"},
+        )
+        assert r.status_code == 202, r.text
+        sent_id = r.json()["message_id"]
+    [got] = relay_sink.wait_for(1, timeout=30)
+    mail = got.message()
+    body = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert body.startswith("Hello Alice,\n\nUnplug it, please.\n"), body
+    assert "> It smokes.\n> And beeps.\n" in body  # the customer's message, quoted
+    assert mail["Subject"].startswith("Re: Printer on fire")
+    assert api.app.services.signer.subject_numbers(mail["Subject"]) == [number]
+    assert mail["Message-ID"].endswith("@example.com>")  # the routing address's domain
+    with api.client("read") as c:
+        messages = c.get(f"/cases/{number}").json()["messages"]
+        [out] = [m for m in messages if m["message_id"] == sent_id]
+        assert "Unplug it, please." in out["text"]  # the rendered text is what is stored
+
+
+def test_reply_template_with_html_and_errors(make_api: Any, relay_sink: Any, tmp_path: Any) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "default.txt").write_text("Subject: Got it\n\nGot it.\n")
+    (templates / "answer.txt").write_text(
+        "Subject: Case {{ case.number }} for {{ customer.address }}\n\n{{ agent.text }}\n"
+        "-- {{ agent.name }}\n"
+    )
+    (templates / "answer.html").write_text("<p>{{ agent.text }}</p>")
+    api = make_api(EMAILD_TEMPLATES_DIR=str(templates))
+    number = mail_in(api, build_mail())
+    settle(relay_sink)
+    with api.client("write") as c:
+        r = c.post(f"/cases/{number}/replies", json={"text": "a", "template": "nope"})
+        assert r.status_code == 422 and "no template 'nope'" in r.text, r.text
+        assert "answer" in r.text  # the known ones are named
+        r = c.post(f"/cases/{number}/replies", json={"text": "a", "template": "../default"})
+        assert r.status_code == 422, r.text  # not a name: refused by the schema
+        r = c.post(
+            f"/cases/{number}/replies",
+            json={"text": "Use <b>this</b> & that.", "template": "answer"},
+        )
+        assert r.status_code == 202, r.text
+    assert count(api.app, OutboxItem, OutboxItem.kind == "reply") == 1
+    [got] = relay_sink.wait_for(1, timeout=30)
+    mail = got.message()
+    assert mail["Subject"].startswith(f"Case {number:08d} for alice@customer.test")
+    plain = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert plain.startswith("Use <b>this</b> & that.\n-- ")  # text parts as written
+    html = mail.get_body(("html",)).get_content()
+    assert "<p>Use &lt;b&gt;this&lt;/b&gt; &amp; that.</p>" in html  # HTML parts escaped

@@ -113,6 +113,7 @@ def sample_fields(hide_record_information: bool = False) -> dict[str, FieldGroup
             "sender_address": "alice@example.net",
         },
         routing={"name": "Example Support", "address": "support@example.com"},
+        agent={"name": "helpdesk", "text": "The new firmware fixes it.\n"},
         hide_record_information=hide_record_information,
     )
 
@@ -124,12 +125,18 @@ def merge_fields(
     message: Mapping[str, Any],
     routing: Mapping[str, Any],
     hide_record_information: bool,
+    agent: Mapping[str, Any] | None = None,
 ) -> dict[str, FieldGroup]:
-    """The variables a template sees. Hidden record information means no ``case``."""
+    """The variables a template sees. Hidden record information means no ``case``.
+
+    ``agent`` is what an agent's reply adds (``name``: who sent it, ``text``:
+    what they wrote); in an auto-response both are empty.
+    """
     fields = {
         "customer": FieldGroup("customer", customer),
         "message": FieldGroup("message", message),
         "routing": FieldGroup("routing", routing),
+        "agent": FieldGroup("agent", agent or {"name": "", "text": ""}),
     }
     if not hide_record_information:
         # The routing address display name is also a case field, as in the reference product.

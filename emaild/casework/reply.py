@@ -17,7 +17,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from emaild.autoresponse.compose import MAX_REFERENCES, usable_address, valid_msg_id
 from emaild.casework.events import record
 from emaild.casework.ops import get_case, touch, update_case
+from emaild.casework.reply_template import apply_template
 from emaild.correlation.tokens import CaseSigner
 from emaild.errors import InputError
 from emaild.outbox.queue import WIRE_POLICY, enqueue
@@ -32,6 +33,9 @@ from emaild.store.blobs import BlobStore
 from emaild.store.models import Case, CaseParticipant, Message, OutboxItem
 from emaild.store.rows import add_participants, insert_row
 from emaild.text import one_line
+
+if TYPE_CHECKING:
+    from emaild.autoresponse.templates import TemplateSet
 
 MAX_RECIPIENTS = 50
 MAX_TEXT_CHARS = 1_000_000
@@ -56,6 +60,8 @@ class ReplyRequest:
     subject: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     close: bool = False
+    # A template from templates_dir rendering the text (emaild.casework.reply_template).
+    template: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,15 +97,27 @@ def queue_reply(
     request: ReplyRequest,
     actor: str,
     now: datetime,
+    templates: TemplateSet | None = None,
 ) -> Queued:
     """Compose, store and queue the reply to case ``number`` (caller's transaction)."""
-    if not request.text.strip() and not request.html.strip():
+    if not request.template and not request.text.strip() and not request.html.strip():
         raise InputError("text: a reply needs text")
-    if len(request.text) > MAX_TEXT_CHARS or len(request.html) > MAX_TEXT_CHARS:
-        raise InputError(f"text: at most {MAX_TEXT_CHARS} characters")
     case = get_case(session, number)
     answered = _last_inbound(session, case.id)
     to = recipients(request.to, "to") if request.to is not None else _customer(case)
+    if to:
+        request = apply_template(
+            request,
+            templates,
+            case=case,
+            answered=answered,
+            to=to[0],
+            routing_name=from_name,
+            signer=signer,
+            actor=actor,
+        )
+    if len(request.text) > MAX_TEXT_CHARS or len(request.html) > MAX_TEXT_CHARS:
+        raise InputError(f"text: at most {MAX_TEXT_CHARS} characters")
     if request.cc is not None:
         cc = recipients(request.cc, "cc")
     else:
@@ -108,7 +126,7 @@ def queue_reply(
         raise InputError("to: the case has no customer address; give one")
     if len(to) + len(cc) > MAX_RECIPIENTS:
         raise InputError(f"to: at most {MAX_RECIPIENTS} recipients")
-    message_id = signer.message_id(case.id)
+    message_id = signer.message_id(case.id, case.routing_address)
     raw = _compose(case, answered, signer, request, to, cc, from_name, message_id, now)
     sha, size = blobs.put(raw)
     row = insert_row(

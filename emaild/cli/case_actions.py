@@ -58,6 +58,9 @@ def assign_cmd(ctx: Context, number: int, owner: str) -> None:
 @click.option("--cc", "cc", multiple=True, help="Cc (default: the case's other participants).")
 @click.option("--subject", default="", help="Subject (default: Re: the case's subject).")
 @click.option("--close", is_flag=True, help="Close the case with the reply.")
+@click.option(
+    "--template", default="", help="Render the body from this template; the text is agent.text."
+)
 @pass_ctx
 def reply_cmd(
     ctx: Context,
@@ -67,6 +70,7 @@ def reply_cmd(
     cc: tuple[str, ...],
     subject: str,
     close: bool,
+    template: str,
 ) -> None:
     """Answer the customer of case NUMBER; queued in the outbox, sent by the daemon."""
     from emaild.casework.reply import ReplyRequest, queue_reply
@@ -75,7 +79,12 @@ def reply_cmd(
     app = ctx.app()
     services = app.services
     request = ReplyRequest(
-        text=text, to=list(to) or None, cc=list(cc) or None, subject=subject, close=close
+        text=text,
+        to=list(to) or None,
+        cc=list(cc) or None,
+        subject=subject,
+        close=close,
+        template=template,
     )
     now = app.pipeline.clock()
 
@@ -93,6 +102,7 @@ def reply_cmd(
             request=request,
             actor=ACTOR,
             now=now,
+            templates=services.templates,
         )
 
     queued = app.db.run(work)

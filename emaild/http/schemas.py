@@ -65,13 +65,21 @@ class AttachmentIn(Strict):
 
 
 class ReplyIn(Strict):
-    text: str = Field(max_length=1_000_000)
+    text: str = Field(
+        default="", max_length=1_000_000, description="The reply (or agent.text for a template)."
+    )
     html: str = Field(default="", max_length=1_000_000)
     to: list[str] | None = Field(default=None, max_length=50)
     cc: list[str] | None = Field(default=None, max_length=50)
     subject: str = Field(default="", max_length=900)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=20)
     close: bool = False
+    template: str = Field(
+        default="",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="Render the body from this template (templates_dir); text is agent.text.",
+    )
 
 
 class ReplyOut(BaseModel):

@@ -221,6 +221,7 @@ async def post_reply(
         subject=body.subject,
         attachments=files,
         close=body.close,
+        template=body.template,
     )
     services = ctx.app.services
     now = ctx.now()
@@ -238,6 +239,7 @@ async def post_reply(
             request=wanted,
             actor=who.name,
             now=now,
+            templates=services.templates,
         )
         return 202, {
             "case": number,
