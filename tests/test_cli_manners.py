@@ -3,8 +3,12 @@ mistakes, help texts that read as plain text."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,10 @@ MARKUP = re.compile(r"``|:(func|class|meth|mod|ref|attr):`|^\.\. ", re.MULTILINE
 
 
 def commands(group: click.Group = cli, path: str = "emaild") -> Iterator[tuple[str, click.Command]]:
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
+        assert command is not None
         yield f"{path} {name}", command
         if isinstance(command, click.Group):
             yield from commands(command, f"{path} {name}")
@@ -76,3 +83,28 @@ def test_usage_mistakes_exit_2_with_clicks_message(
     assert done.returncode == 2, done.stderr.decode()
     assert says in done.stderr
     assert b"Usage: emaild " in done.stderr
+
+
+def test_commands_load_lazily_and_the_table_names_every_command() -> None:
+    # Importing the CLI and asking its version loads no database or config code...
+    probe = (
+        "import sys; from emaild.cli import cli; "
+        "heavy = [m for m in ('sqlalchemy', 'pydantic', 'emaild.config', 'emaild.app') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    # ...and loading every module registers exactly the commands the table lists.
+    from emaild.cli import COMMANDS, LazyGroup
+
+    group = LazyGroup()
+    for module in set(COMMANDS.values()):
+        importlib.import_module(f"emaild.cli.{module}").register(group)
+    assert sorted(group.commands) == sorted(COMMANDS)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "emaild", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"emaild, version {importlib.metadata.version('emaild')}"

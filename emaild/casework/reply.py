@@ -12,7 +12,7 @@ address check, so a CR or LF can never start a header of its own.
 from __future__ import annotations
 
 import email.policy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from emaild.autoresponse.compose import MAX_REFERENCES, usable_address, valid_msg_id
 from emaild.casework.events import record
 from emaild.casework.ops import get_case, touch, update_case
-from emaild.casework.reply_template import apply_template
+from emaild.casework.reply_template import render_reply
 from emaild.correlation.tokens import CaseSigner
 from emaild.errors import InputError
 from emaild.outbox.queue import WIRE_POLICY, enqueue
@@ -105,9 +105,10 @@ def queue_reply(
     case = get_case(session, number)
     answered = _last_inbound(session, case.id)
     to = recipients(request.to, "to") if request.to is not None else _customer(case)
-    if to:
-        request = apply_template(
-            request,
+    if to and request.template:
+        rendered = render_reply(
+            request.template,
+            request.text,
             templates,
             case=case,
             answered=answered,
@@ -115,6 +116,12 @@ def queue_reply(
             routing_name=from_name,
             signer=signer,
             actor=actor,
+        )
+        request = replace(
+            request,
+            text=rendered.text,
+            html=request.html or rendered.html,
+            subject=request.subject or rendered.subject,
         )
     if len(request.text) > MAX_TEXT_CHARS or len(request.html) > MAX_TEXT_CHARS:
         raise InputError(f"text: at most {MAX_TEXT_CHARS} characters")

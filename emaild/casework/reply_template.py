@@ -10,7 +10,6 @@ when the request gives no HTML.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from email.headerregistry import Address
 from email.utils import format_datetime
 from typing import TYPE_CHECKING
@@ -20,8 +19,7 @@ from emaild.cases import case_number
 from emaild.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from emaild.autoresponse.templates import TemplateSet
-    from emaild.casework.reply import ReplyRequest
+    from emaild.autoresponse.templates import Rendered, TemplateSet
     from emaild.correlation.tokens import CaseSigner
     from emaild.store.models import Case, Message
 
@@ -29,8 +27,9 @@ if TYPE_CHECKING:
 MAX_QUOTED_CHARS = 20_000
 
 
-def apply_template(
-    request: ReplyRequest,
+def render_reply(
+    name: str,
+    agent_text: str,
     templates: TemplateSet | None,
     *,
     case: Case,
@@ -39,14 +38,12 @@ def apply_template(
     routing_name: str,
     signer: CaseSigner,
     actor: str,
-) -> ReplyRequest:
-    """``request`` with its text (and subject, HTML) rendered from ``request.template``."""
-    if not request.template:
-        return request
-    template = templates.get(request.template) if templates is not None else None
+) -> Rendered:
+    """Template ``name`` rendered for a reply on ``case`` saying ``agent_text``."""
+    template = templates.get(name) if templates is not None else None
     if template is None or templates is None:
         known = ", ".join(templates.names()) if templates is not None else ""
-        raise InputError(f"template: no template {request.template!r} (known: {known})")
+        raise InputError(f"template: no template {name!r} (known: {known})")
     fields = merge_fields(
         case={
             "number": case_number(case.id),
@@ -67,18 +64,11 @@ def apply_template(
             "sender_address": answered.from_addr if answered else "",
         },
         routing={"name": routing_name, "address": case.routing_address},
-        agent={"name": actor, "text": request.text},
+        agent={"name": actor, "text": agent_text},
         hide_record_information=template.hide_record_information,
     )
     try:
-        rendered = templates.render_template(template, fields)
+        return templates.render_template(template, fields)
     except ConfigError as exc:
         # The problem only: the template's path on the server is not the client's business.
-        raise InputError(f"template {request.template!r}: {exc.problem}") from None
-    return replace(
-        request,
-        text=rendered.text,
-        html=request.html or rendered.html,
-        subject=request.subject or rendered.subject,
-        template="",
-    )
+        raise InputError(f"template {name!r}: {exc.problem}") from None

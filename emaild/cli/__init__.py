@@ -7,11 +7,46 @@ from importlib import import_module
 
 import click
 
+import emaild
 from emaild.cli.base import Context, EmaildGroup, add_config_option
 from emaild.errors import EX_SOFTWARE
 
+# Each command, and the module that defines it (``register(group)`` adds it).
+# A module is imported only when one of its commands runs, so ``--version``
+# and an MTA's ``emaild ingest`` don't pay for every other command's imports.
+COMMANDS = {
+    "address": "address",
+    "cases": "cases",
+    "check": "check",
+    "import": "ingest",
+    "ingest": "ingest",
+    "mailbox": "mailbox",
+    "outbox": "outbox",
+    "poll": "mailbox",
+    "postfix": "postfix",
+    "quarantine": "quarantine",
+    "rules": "rules",
+    "run": "run",
+    "status": "status",
+    "token": "token",
+}
 
-@click.group(cls=EmaildGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(EmaildGroup):
+    """The top-level group: commands are loaded from their module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import_module(f"emaild.cli.{COMMANDS[cmd_name]}").register(self)
+            for command in self.commands.values():
+                add_config_option(command)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -19,38 +54,11 @@ from emaild.errors import EX_SOFTWARE
     default=None,
     help="Config file (default: $EMAILD_CONFIG, else built-in defaults).",
 )
-@click.version_option(package_name="emaild")
+@click.version_option(emaild.__version__, prog_name="emaild")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """emaild: turn support email into cases."""
     ctx.obj = Context(config_path)
-
-
-# One module per command group, each with ``register(group)``.
-COMMAND_MODULES = (
-    "address",
-    "cases",
-    "check",
-    "ingest",
-    "mailbox",
-    "outbox",
-    "postfix",
-    "quarantine",
-    "rules",
-    "run",
-    "status",
-    "token",
-)
-
-
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        import_module(f"emaild.cli.{name}").register(cli)
-    for command in cli.commands.values():
-        add_config_option(command)
-
-
-_register()
 
 
 def main() -> None:

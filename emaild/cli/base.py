@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from emaild.config import Config, config_path_from, load_config
 from emaild.errors import EmaildError
 
 if TYPE_CHECKING:  # imported when a command opens it: ``--version`` and ``--help`` stay fast
     from emaild.app import App
+    from emaild.config import Config
 
 
 class Context:
@@ -27,6 +27,8 @@ class Context:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from emaild.config import config_path_from, load_config
+
             self._config = load_config(config_path_from(self.config_path, os.environ))
             from emaild import logs
 

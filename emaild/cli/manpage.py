@@ -37,7 +37,10 @@ def _esc(text: str) -> str:
 
 
 def _walk(group: click.Group, path: str) -> Iterator[tuple[str, click.Command]]:
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
+        assert command is not None
         if command.hidden:
             continue
         yield f"{path} {name}", command
