@@ -206,7 +206,11 @@ class Postfix:
         return server
 
     def start(self) -> None:
-        """``postfix check`` (no warnings allowed), ``postfix start``, wait for smtpd."""
+        """``postfix check`` without a warning (it names misspelt parameters too),
+        ``postfix start``, then wait for smtpd.
+
+        ``RuntimeError`` when Postfix rejects the configuration or does not start.
+        """
         checked = self.command(POSTFIX, "check")
         if checked.returncode != 0 or "warning" in checked.stderr:
             raise RuntimeError(f"postfix check: {checked.stderr.strip()}")
