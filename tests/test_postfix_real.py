@@ -37,6 +37,8 @@ from mailbuilder import build_mail
 from postfix_server import Postfix, available, readme_command, readme_snippet, substitute
 from smtp_helpers import daemon_process, free_port
 
+import emaild as emaild_package
+
 OUTSIDE = "alice@customer.test"
 SUPPORT = "support@example.com"
 UNKNOWN = "nobody@example.com"
@@ -213,6 +215,16 @@ def pipe_emaild(root: Path) -> tuple[str, str]:
     script.write_text(f"#!{bridge / 'bin' / 'python3'}\n{body}")
     script.chmod(0o755)
     why_not = runs_as_pipe_user(str(script))
+    if why_not:
+        # The checkout itself is out of that user's reach (cloned under a private
+        # directory): the same code, copied where the user can read it.
+        lib = root / "pipe-lib"
+        shutil.copytree(purelib, lib, symlinks=True, ignore=shutil.ignore_patterns("__editable__*"))
+        shutil.copytree(Path(emaild_package.__file__).parent, lib / "emaild")
+        (Path(bridged) / "emaild-checkout.pth").write_text(
+            f"import site; site.addsitedir({str(lib)!r})\n"
+        )
+        why_not = runs_as_pipe_user(str(script))
     return ("", f"{why}; {why_not}") if why_not else (str(script), "")
 
 
