@@ -32,6 +32,8 @@ from emaild.config_model import (
     ThreadingConfig,
     TrustConfig,
     VerificationConfig,
+    WebConfig,
+    WebformConfig,
     is_loopback,
 )
 from emaild.errors import ConfigError
@@ -58,6 +60,8 @@ __all__ = [
     "ThreadingConfig",
     "TrustConfig",
     "VerificationConfig",
+    "WebConfig",
+    "WebformConfig",
     "config_path_from",
     "is_loopback",
     "load_config",
@@ -179,6 +183,15 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             raise ConfigError("expected HOST:PORT", key="EMAILD_SMTP_RELAY")
         relay = relay.model_copy(update={"host": host.strip("[]"), "port": int(port)})
     mailboxes = _resolve_mailboxes(config.mailbox, rel, path)
+    forms: set[str] = set()
+    for index, form in enumerate(config.webform):
+        if form.name in forms:
+            raise ConfigError(
+                f"webform name {form.name!r} is used twice",
+                file=str(path) if path else None,
+                key=f"webform.{index}.name",
+            )
+        forms.add(form.name)
     return config.model_copy(
         update={
             "storage": storage,

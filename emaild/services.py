@@ -18,6 +18,7 @@ from emaild.autoresponse import TemplateSet, load_templates
 from emaild.clock import utcnow
 from emaild.config import Config
 from emaild.correlation.tokens import CaseSigner, load_signer
+from emaild.errors import ConfigError
 from emaild.rules import RuleSet, load_rules
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
@@ -42,6 +43,13 @@ class Loaded:
         templates = load_templates(config)
         # Rules may only choose auto-response templates that exist.
         rules = load_rules(config.rules_path, templates=templates.names())
+        for index, form in enumerate(config.webform):  # so may web forms
+            if form.template and form.template not in templates.names():
+                raise ConfigError(
+                    f"no auto-response template named {form.template!r}",
+                    file=config.source or None,
+                    key=f"webform.{index}.template",
+                )
         return cls(rules=rules, templates=templates, signer=load_signer(config))
 
 

@@ -1,4 +1,8 @@
-"""The FastAPI application: routers under ``/api/v1``, problem details, body limit."""
+"""The FastAPI application: routers under ``/api/v1``, problem details, body limit.
+
+Web-to-Case (``/web-to-case``) lives beside the API, without a token; its
+bodies are streamed (``emaild.http.webform_body`` bounds them per form).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from emaild.http.context import ApiContext, RunSync
 from emaild.http.problems import problem_response
 
 PREFIX = "/api/v1"
+WEB_PREFIX = "/web-to-case/"
 
 
 class BodyLimit:
@@ -23,7 +28,7 @@ class BodyLimit:
         self.emaild = emaild
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path", "").startswith(WEB_PREFIX):
             await self.app(scope, receive, send)
             return
         # Read per request: a reload (SIGHUP) changes it.
@@ -62,7 +67,7 @@ class BodyLimit:
 
 def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     """The API for ``app``; ``run_sync`` runs blocking work (the daemon's worker pool)."""
-    from emaild.http.routes import admin, cases, files, intake
+    from emaild.http.routes import admin, cases, files, intake, webform
 
     api = FastAPI(
         title="emaild",
@@ -81,5 +86,7 @@ def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     for module in (cases, intake, files, admin):
         v1.include_router(module.router)
     api.include_router(v1)
+    api.state.webform = webform.WebState()
+    api.include_router(webform.router)
     api.add_middleware(BodyLimit, emaild=app)
     return api

@@ -346,3 +346,13 @@ class IdempotencyKey(Base):
     status_code: Mapped[int] = mapped_column(Integer, default=0)
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]
+
+
+class WebformDay(Base):
+    """Submissions a web form let through on one UTC day (its daily cap)."""
+
+    __tablename__ = "webform_days"
+
+    form: Mapped[str] = mapped_column(SafeString(64), primary_key=True)
+    day: Mapped[str] = mapped_column(SafeString(10), primary_key=True)  # YYYY-MM-DD
+    admitted: Mapped[int] = mapped_column(Integer, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from emaild.pipeline.context import IngestContext
 from emaild.rules.fields import CaseFields
+from emaild.webform import stamp
 
 # Headers an MTA or forwarder writes with the address the mail was delivered to.
 DELIVERY_HEADERS = ("delivered-to", "x-original-to", "envelope-to")
@@ -49,4 +50,23 @@ class RouteStage:
             tags=list(r.tags),
             auto_response=r.auto_response,
         )
+        _web_form(self.name, ctx)
         ctx.decide(self.name, "routing defaults", **ctx.fields.as_json())
+
+
+def _web_form(name: str, ctx: IngestContext) -> None:
+    """A message emaild built from a web form: the form's case fields and defences."""
+    assert ctx.parsed is not None
+    value = ctx.parsed.header(stamp.HEADER)
+    if value is None:
+        return
+    web = stamp.read(ctx.services.signer.secret, value)
+    if web is None:
+        ctx.decide(name, "web form header ignored", reason="not signed by emaild")
+        return
+    for key, field_value in web["fields"].items():
+        if key == "tags" and isinstance(field_value, list):
+            ctx.fields.tags = list(dict.fromkeys([*ctx.fields.tags, *map(str, field_value)]))
+        elif key in stamp.FIELDS and isinstance(field_value, str):
+            setattr(ctx.fields, key, field_value)
+    ctx.decide(name, "web form", form=web["form"], **web["defences"])

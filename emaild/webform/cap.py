@@ -1,0 +1,196 @@
+"""The daily cap: over it a submission is held (raw, in quarantine), never lost.
+
+Each form counts what it let through per UTC day in ``webform_days`` (one
+row per form and day, the count raised in a transaction of its own, so every
+worker and the release job see one number). A submission over the cap is
+kept as a quarantine entry with reason ``daily_cap``; the release job runs
+held entries of earlier days through the pipeline while today has room, and
+``emaild web release`` runs them at once whatever the cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from emaild import quarantine
+from emaild.component import Host
+from emaild.errors import TransientError
+from emaild.intake import IngestResult, Outcome
+from emaild.store.database import Database
+from emaild.store.models import QuarantineEntry, WebformDay
+
+log = structlog.get_logger("emaild.webform")
+
+REASON = "daily_cap"
+STAGE_PREFIX = "webform:"
+RELEASE_JOB_SECONDS = 300
+
+
+def day_of(now: datetime) -> str:
+    return now.astimezone(UTC).date().isoformat()
+
+
+def _start_of_day(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def reserve(db: Database, form: str, now: datetime, cap: int, *, force: bool = False) -> bool:
+    """Count one submission of ``form`` today; False (nothing counted) at the cap."""
+    day = day_of(now)
+
+    def work(session: Session) -> bool:
+        row = session.get(WebformDay, (form, day), with_for_update=True)
+        if row is None:
+            row = WebformDay(form=form, day=day, admitted=0)
+            with session.begin_nested():
+                session.add(row)
+        if not force and row.admitted >= cap:
+            return False
+        row.admitted += 1
+        return True
+
+    for _ in range(3):  # two first submissions of the day race to insert the row
+        try:
+            return db.run(work, attempts=3)
+        except IntegrityError:
+            continue
+    raise TransientError("could not count the submission against the daily cap")
+
+
+def unreserve(db: Database, form: str, now: datetime) -> None:
+    """Give back a count (the submission turned out to be a repeat)."""
+    day = day_of(now)
+
+    def work(session: Session) -> None:
+        row = session.get(WebformDay, (form, day), with_for_update=True)
+        if row is not None and row.admitted > 0:
+            row.admitted -= 1
+
+    db.run(work, attempts=3)
+
+
+def admitted_today(db: Database, form: str, now: datetime) -> int:
+    with db.session(readonly=True) as session:
+        row = session.get(WebformDay, (form, day_of(now)))
+        return row.admitted if row is not None else 0
+
+
+def hold(
+    db: Database,
+    form: str,
+    cap: int,
+    *,
+    raw_sha256: str,
+    raw: bytes,
+    sender: str,
+    to: str,
+    now: datetime,
+) -> int:
+    """Keep a submission over the cap; returns the quarantine entry's id."""
+    held = quarantine.Held(
+        channel="web",
+        reason=REASON,
+        stage=STAGE_PREFIX + form,
+        error=f"over the daily cap of {cap} submissions of web form {form}",
+        raw_sha256=raw_sha256,
+        raw_size=len(raw),
+        headers=quarantine.header_block(raw),
+        envelope_from=sender,
+        envelope_to=(to,),
+    )
+    return quarantine.record(db, held, now)
+
+
+def held_entries(db: Database, form: str | None = None) -> list[dict[str, Any]]:
+    """Held submissions (all forms, or one), oldest first."""
+    with db.session(readonly=True) as session:
+        query = select(QuarantineEntry).where(
+            QuarantineEntry.status == quarantine.HELD, QuarantineEntry.reason == REASON
+        )
+        if form is not None:
+            query = query.where(QuarantineEntry.stage == STAGE_PREFIX + form)
+        rows = session.scalars(query.order_by(QuarantineEntry.id)).all()
+        return [
+            {**quarantine.entry_json(e), "form": e.stage.removeprefix(STAGE_PREFIX)} for e in rows
+        ]
+
+
+@dataclass(frozen=True)
+class Released:
+    entry: int
+    form: str
+    result: IngestResult
+
+
+def release(
+    pipeline: Any,
+    caps: dict[str, int],
+    *,
+    entries: list[int] | None = None,
+    form: str | None = None,
+    force: bool = False,
+    limit: int = 1000,
+) -> list[Released]:
+    """Run held submissions through the pipeline, oldest first.
+
+    Without ``force`` only entries of earlier days go, each while its form has
+    room today (``caps``: form name -> daily cap); with ``force`` (an admin)
+    the cap is counted but not enforced. ``entries`` picks entry ids.
+    """
+    now: datetime = pipeline.clock()
+    today = _start_of_day(now)
+    out: list[Released] = []
+    full: set[str] = set()
+    for entry in held_entries(pipeline.db, form)[:limit]:
+        name = entry["form"]
+        if entries is not None and entry["id"] not in entries:
+            continue
+        if name in full or (not force and datetime.fromisoformat(entry["created_at"]) >= today):
+            continue
+        if not reserve(pipeline.db, name, now, caps.get(name, 0), force=force):
+            full.add(name)
+            continue
+        try:
+            result = quarantine.retry(pipeline, entry["id"])
+        except TransientError:
+            unreserve(pipeline.db, name, now)
+            log.warning("webform.release_stopped", entry=entry["id"])
+            break
+        if result.outcome is Outcome.DUPLICATE:
+            unreserve(pipeline.db, name, now)
+        out.append(Released(entry["id"], name, result))
+        log.info("webform.released", entry=entry["id"], form=name, case=result.case_number)
+    return out
+
+
+class CapReleaseJob:
+    """Daemon component: releases yesterday's held submissions as today's cap allows."""
+
+    name = "webform.release"
+
+    def __init__(self, release_due: Callable[[], object]) -> None:
+        self.release_due = release_due
+
+    async def start(self, host: Host) -> None:
+        async def tick() -> None:
+            await host.run_sync(self.release_due)
+
+        host.scheduler.add_job(
+            tick,
+            "interval",
+            seconds=RELEASE_JOB_SECONDS,
+            id=self.name,
+            max_instances=1,
+            coalesce=True,
+        )
+
+    async def stop(self) -> None:
+        """Nothing to stop: the scheduler stops with the daemon."""
