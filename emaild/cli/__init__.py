@@ -29,6 +29,8 @@ COMMANDS = {
     "run": "run",
     "status": "status",
     "token": "token",
+    "web": "webform",
+    "webform": "webform",
 }
 
 

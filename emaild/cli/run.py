@@ -33,6 +33,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     from emaild.outbox.component import outbox_component
     from emaild.systemd import listen_fds
     from emaild.verification.release import ReleaseJob
+    from emaild.webform.cap import release_job
 
     if log_level:
         from emaild import logs
@@ -47,6 +48,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
         outbox_component,
         lambda app: ReleaseJob(app.pipeline.release_held),
         imap_component,
+        release_job,
         lambda app: http_component(app, sockets),
     )
     daemon = Daemon(

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from emaild import quarantine
 from emaild.component import Host
+from emaild.config import WebformConfig
 from emaild.errors import TransientError
 from emaild.intake import IngestResult, Outcome
 from emaild.store.database import Database
@@ -169,6 +170,20 @@ def release(
         out.append(Released(entry["id"], name, result))
         log.info("webform.released", entry=entry["id"], form=name, case=result.case_number)
     return out
+
+
+def release_due(pipeline: Any, forms: list[WebformConfig]) -> list[Released]:
+    """The release job's work: earlier days' held submissions, as today's caps allow."""
+    if not forms:
+        return []
+    return release(pipeline, {f.name: f.daily_cap for f in forms})
+
+
+def release_job(app: Any) -> CapReleaseJob | None:
+    """``emaild run`` factory: the job runs when forms are configured (reads them per run)."""
+    if not app.config.webform:
+        return None
+    return CapReleaseJob(lambda: release_due(app.pipeline, app.config.webform))
 
 
 class CapReleaseJob:
