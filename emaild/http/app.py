@@ -88,5 +88,6 @@ def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     api.include_router(v1)
     api.state.webform = webform.WebState()
     api.include_router(webform.router)
+    api.add_middleware(webform.RateGate, emaild=app, state=api.state.webform)
     api.add_middleware(BodyLimit, emaild=app)
     return api
