@@ -49,7 +49,8 @@ def test_defaults_challenge_json_answer_trace_and_acknowledgement(
     with server.app.db.session() as session:
         case = session.get(Case, data["case"])
         assert case is not None and case.origin == "Web" and case.customer == "ann@customer.test"
-        message = session.scalars(select(Message).where(Message.case_id == case.id)).one()
+        mine = select(Message).where(Message.case_id == case.id, Message.direction == "in")
+        message = session.scalars(mine).one()
         assert message.channel == "web"
         raw = server.app.blobs.read(message.raw_sha256)
         trace = message.decision_trace
