@@ -51,7 +51,7 @@ def issue(form: WebformConfig, secret: bytes, now: float) -> dict[str, Any]:
         1,
         counter=counter,
         expires_at=int(now) + form.challenge_ttl_seconds,
-        data={"form": form.name, "issued": int(now)},
+        data={"form": form.name, "issued_ms": int(now * 1000)},
         hmac_secret=_key(secret, "challenge"),
         hmac_key_secret=_key(secret, "derived key"),
     )
@@ -82,7 +82,7 @@ def verify(payload: str, form: WebformConfig, secret: bytes) -> Verdict:
     # Signed, so these are ours; a challenge of another form is refused.
     if not isinstance(data, dict) or data.get("form") != form.name:
         return Verdict(400, "the challenge belongs to another form")
-    issued = data.get("issued")
+    issued = data.get("issued_ms")
     if not isinstance(issued, int):
         return Verdict(400, "the challenge solution is not valid")
-    return Verdict(0, "pass", key=signature, issued=float(issued))
+    return Verdict(0, "pass", key=signature, issued=issued / 1000)
