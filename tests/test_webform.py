@@ -123,6 +123,13 @@ def test_attachment_fields_tags_and_json_variant(make_api: Any) -> None:
             headers=JSON,
         )
         assert bad_choice.status_code == 422 and "area" in bad_choice.json()["detail"]
+        for email in ("not an address", "jörg@example.com", "a@b@c.test"):
+            bad = client.post(
+                "/web-to-case/contact",
+                data={**fields(email=email), "altcha": solved(client)},
+                headers=JSON,
+            )
+            assert bad.status_code == 422 and "email" in bad.json()["detail"], bad.text
     with server.app.db.session() as session:
         case = session.get(Case, answer.json()["case"])
         assert case is not None

@@ -12,6 +12,8 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from typing import Any
 
 from emaild.autoresponse.compose import usable_address
@@ -75,6 +77,15 @@ class Submission:
         return h.hexdigest()[:40]
 
 
+def _header_safe(address: str) -> bool:
+    """The address can go into the From header emaild writes (ASCII local part)."""
+    try:
+        Address(addr_spec=address)
+    except (ValueError, IndexError, HeaderParseError):
+        return False
+    return True
+
+
 def _text(values: Mapping[str, str], key: str) -> str:
     value = values.get(key, "")
     return value if isinstance(value, str) else ""
@@ -93,7 +104,7 @@ def read(
     description = _text(values, "description").replace("\r\n", "\n").strip()
     if len(name) > MAX_NAME_CHARS:
         raise Refused(422, f"name: at most {MAX_NAME_CHARS} characters")
-    if not email or not usable_address(email) or len(email) > 254:
+    if not email or not usable_address(email) or len(email) > 254 or not _header_safe(email):
         raise Refused(422, "email: a valid email address is required")
     if len(subject) > MAX_SUBJECT_CHARS:
         raise Refused(422, f"subject: at most {MAX_SUBJECT_CHARS} characters")

@@ -85,10 +85,12 @@ def _refusal(exc: Refused, as_json: bool, form: WebformConfig | None) -> Respons
 
 
 class RateGate:
-    """The per-client rate limit on submissions, before routing: a flood costs little.
+    """The per-client rate limits, before routing: a flood costs little.
 
-    ``POST /web-to-case/NAME`` over the limit is answered 429 here, without
-    reading the body, without a log line each (debug level).
+    ``POST /web-to-case/NAME`` over the form's limit is answered 429 here,
+    without reading the body, without a log line each (debug level). New
+    challenges (``GET .../challenge``) have their own bucket, three times as
+    large: a page load, a reload, an expired challenge renewed.
     """
 
     def __init__(self, app: ASGIApp, emaild: App, state: WebState) -> None:
@@ -98,19 +100,25 @@ class RateGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope.get("method") != "POST" or not path.startswith("/web-to-case/"):
-            await self.app(scope, receive, send)
-            return
+        method = scope.get("method")
         name = path.removeprefix("/web-to-case/")
+        key, factor = name, 1
+        if method == "GET" and name.endswith("/challenge"):
+            name = name.removesuffix("/challenge")
+            key, factor = f"{name}/challenge", 3
+        elif method != "POST":
+            name = ""
         form = next((f for f in self.emaild.config.webform if f.name == name), None)
-        if form is None:
+        if not path.startswith("/web-to-case/") or form is None:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         peer = (scope.get("client") or ("", 0))[0]
         trusted = self.emaild.config.web.trusted_proxies
         client = client_address(peer, headers.get("x-forwarded-for"), trusted)
-        wait = self.state.limiter.allow(name, client, form.rate_burst, form.rate_per_minute)
+        wait = self.state.limiter.allow(
+            key, client, form.rate_burst * factor, form.rate_per_minute * factor
+        )
         if not wait:
             await self.app(scope, receive, send)
             return
@@ -296,15 +304,20 @@ def _admit(
         and "acknowledgement" in (services.templates.names())
     ):
         template = "acknowledgement"
-    raw = build(
-        form,
-        submission,
-        msgid=msgid,
-        now=now,
-        secret=services.signer.secret,
-        fields=case_fields(form, submission, template),
-        defences=defences,
-    )
+    try:
+        raw = build(
+            form,
+            submission,
+            msgid=msgid,
+            now=now,
+            secret=services.signer.secret,
+            fields=case_fields(form, submission, template),
+            defences=defences,
+        )
+    except BaseException:
+        if admitted:
+            cap.unreserve(app.db, form.name, now)
+        raise
     if not admitted:
         sha, _ = services.blobs.put(raw)
         entry = cap.hold(
