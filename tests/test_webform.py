@@ -59,6 +59,8 @@ def test_defaults_challenge_json_answer_trace_and_acknowledgement(
     assert web["challenge"] == "pass" and web["honeypot"] == "empty"
     assert web["origin"] == server.base and web["daily_cap"] == "ok"
     assert web["fill_seconds"] >= 2
+    chosen = next(d for d in trace if d["decision"] == "case fields")
+    assert chosen["origin"] == "Web" and chosen["set_by"]["origin"] == "web form contact"
     # The default acknowledgement reaches the SMTP sink.
     mail = relay_sink.wait_for(1, timeout=20)[0]
     assert mail.rcpt_tos == ("ann@customer.test",)

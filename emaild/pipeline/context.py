@@ -71,6 +71,8 @@ class IngestContext:
     forwarded: Original | None = None
     forwarder: str = ""
     fields: CaseFields = field(default_factory=CaseFields)
+    # Set by route: who chose which default fields (a web form over its address).
+    fields_from: dict[str, str] = field(default_factory=dict)
     # Set by correlation: the existing case this message belongs to, if any.
     case: Case | None = None
     linked_case_id: int | None = None

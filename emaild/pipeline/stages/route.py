@@ -69,4 +69,7 @@ def _web_form(name: str, ctx: IngestContext) -> None:
             ctx.fields.tags = list(dict.fromkeys([*ctx.fields.tags, *map(str, field_value)]))
         elif key in stamp.FIELDS and isinstance(field_value, str):
             setattr(ctx.fields, key, field_value)
+        else:
+            continue
+        ctx.fields_from[key] = f"web form {web['form']}"
     ctx.decide(name, "web form", form=web["form"], **web["defences"])

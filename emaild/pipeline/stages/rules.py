@@ -71,7 +71,9 @@ class RulesStage:
         ctx.fields = outcome.fields
         default = f"routing address {ctx.routing.address}" if ctx.routing else "default"
         set_by: dict[str, Any] = {
-            name: f"rule {outcome.set_by[name]}" if name in outcome.set_by else default
+            name: f"rule {outcome.set_by[name]}"
+            if name in outcome.set_by
+            else ctx.fields_from.get(name, default)
             for name in ctx.fields.as_json()
         }
         ctx.decide(stage, "case fields", **ctx.fields.as_json(), set_by=set_by)
