@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--max-number", type=int, default=50_000)
+    parser.add_argument("--max-number", type=int, default=100_000)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
     configure_logging("warning", "console")
@@ -89,14 +89,26 @@ def main() -> None:
         [http] = [c for c in daemon.components if isinstance(c, HttpComponent)]
         base = f"http://127.0.0.1:{http.port}"
         try:
-            run(base, args)
+            run(base, args, app)
         finally:
             daemon.request_stop()
             thread.join(60)
             app.close()
 
 
-def run(base: str, args: argparse.Namespace) -> None:
+def verify_cost(app: App, payloads: list[str]) -> float:
+    """Mean seconds of one challenge verification, as the server does it."""
+    from emaild.webform import challenge
+
+    [form] = app.config.webform
+    secret = app.services.signer.secret
+    t0 = time.perf_counter()
+    for payload in payloads:
+        assert challenge.verify(payload, form, secret).status == 0
+    return (time.perf_counter() - t0) / len(payloads)
+
+
+def run(base: str, args: argparse.Namespace, app: App) -> None:
     with httpx.Client(base_url=base, timeout=60) as client:
         challenges = [
             client.get("/web-to-case/bench/challenge").json() for _ in range(args.submissions)
@@ -142,7 +154,8 @@ def run(base: str, args: argparse.Namespace) -> None:
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(
         f"challenges: {args.submissions} solved by the client in {solving:.1f} s "
-        f"(max number {args.max_number})"
+        f"(max number {args.max_number}); one verification "
+        f"{verify_cost(app, payloads) * 1e6:.0f} us"
     )
     print(
         f"submissions: {args.submissions} from {args.concurrency} clients in {wall:.2f} s = "

@@ -95,7 +95,7 @@ class WebformConfig(Section):
     # The proof-of-work challenge (ALTCHA); off = a free challenge (the signed
     # token still carries the fill-time start and makes a submission single-use).
     captcha: bool = True
-    challenge_max_number: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000
+    challenge_max_number: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     challenge_ttl_seconds: Annotated[int, Field(ge=60, le=86400)] = 7200
     min_fill_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
     # The honeypot field's name (hidden from people); empty = no honeypot.
