@@ -35,7 +35,21 @@ def check_rules(config: Config) -> str:
     return f"rules: {len(rules)} rules from {len(rules.files)} files in {where}"
 
 
-CHECKS: tuple[Check, ...] = (check_storage, check_addresses, check_rules, check_services)
+def check_webforms(config: Config) -> str:
+    if not config.webform:
+        return "web forms: none"
+    names = ", ".join(f"/web-to-case/{f.name} -> {f.address}" for f in config.webform)
+    served = "" if config.http.listen else " (not served: http.listen is empty)"
+    return f"web forms: {names}{served}"
+
+
+CHECKS: tuple[Check, ...] = (
+    check_storage,
+    check_addresses,
+    check_rules,
+    check_services,
+    check_webforms,
+)
 
 
 def run_checks(config: Config) -> list[str]:

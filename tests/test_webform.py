@@ -201,6 +201,9 @@ def test_webform_html_prints_the_form(run_cli: Any, tmp_path: Any) -> None:
     assert "<form" in html and 'action="https://help.example.com/web-to-case/contact"' in html
     assert '<label for="ewf-order">Order number</label>' in html
     assert 'autocomplete="email"' in html and "<script>" not in html
+    checked = run_cli("--config", str(config), "check")
+    assert checked.returncode == 0, checked.stderr
+    assert b"web forms: /web-to-case/contact -> support@example.com" in checked.stdout
     unknown = run_cli("--config", str(config), "web", "html", "nope")
     assert unknown.returncode == 64 and b"contact" in unknown.stderr
 

@@ -41,6 +41,8 @@ def test_replay_honeypot_too_fast_and_origin(make_api: Any) -> None:
         form_toml('allowed_origins = ["https://www.shop.test"]')
         + '[[webform]]\nname = "slow"\naddress = "support@example.com"\n'
         "challenge_max_number = 100\nmin_fill_seconds = 30\nrequire_origin = true\n"
+        '[[webform]]\nname = "astray"\naddress = "nobody@example.com"\n'
+        "challenge_max_number = 100\nmin_fill_seconds = 0\n"
     )
     with _client(server) as client:
         embedded = client.get(
@@ -92,6 +94,11 @@ def test_replay_honeypot_too_fast_and_origin(make_api: Any) -> None:
         no_origin = client.post(
             "/web-to-case/slow", data={**fields(), "altcha": solved(client, "slow")}, headers=JSON
         )
+        astray = client.post(
+            "/web-to-case/astray",
+            data={**fields(), "altcha": solved(client, "astray")},
+            headers=JSON,
+        )
         other_form = client.post(
             "/web-to-case/contact",
             data={**fields(), "altcha": solved(client, "slow")},
@@ -106,6 +113,8 @@ def test_replay_honeypot_too_fast_and_origin(make_api: Any) -> None:
     assert too_fast.status_code == 400 and "too fast" in too_fast.json()["detail"]
     assert no_origin.status_code == 403 and "absent" in no_origin.json()["detail"]
     assert other_form.status_code == 400 and "another form" in other_form.json()["detail"]
+    # A form whose address is no routing address: refused, never sent astray.
+    assert astray.status_code == 503 and "not set up" in astray.json()["detail"]
     assert _cases(server) == 1
 
 

@@ -294,6 +294,9 @@ def _admit(
 ) -> tuple[IngestResult | None, int | None]:
     """Count, build and ingest (or hold) the submission: the blocking part."""
     services = app.services
+    if services.addresses.lookup(form.address) is None:  # may read the database
+        log.error("webform.no_routing_address", form=form.name, address=form.address)
+        raise Refused(503, "this form is not set up: try again later", "config")
     now = services.clock()
     admitted = cap.reserve(app.db, form.name, now, form.daily_cap)
     defences = {**defences, "daily_cap": "ok" if admitted else f"over {form.daily_cap}, held"}
