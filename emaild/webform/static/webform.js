@@ -115,6 +115,17 @@
     if (nonce && !nonce.value) { nonce.value = randomNonce(); }
     prepare();
 
+    // Back from the thank-you page (the page restored as it was): a fresh
+    // challenge, since the old one was used; the same content still makes one case.
+    window.addEventListener("pageshow", function (event) {
+      if (!event.persisted) { return; }
+      sending = false;
+      if (button) { button.disabled = false; }
+      say("");
+      field.value = "";
+      prepare();
+    });
+
     form.addEventListener("submit", async function (event) {
       event.preventDefault();
       if (sending) { return; }
