@@ -101,8 +101,8 @@ class WebformConfig(Section):
     # The honeypot field's name (hidden from people); empty = no honeypot.
     honeypot: str = "website"
     # Per client IP: a burst, then this many submissions per minute.
-    rate_burst: Annotated[int, Field(ge=1)] = 20
-    rate_per_minute: Annotated[float, Field(gt=0)] = 6.0
+    rate_burst: Annotated[int, Field(ge=1)] = 30
+    rate_per_minute: Annotated[float, Field(gt=0)] = 10.0
     attachments: bool = True
     max_attachments: Annotated[int, Field(ge=0, le=20)] = 3
     # 0 = limits.max_attachment_bytes.
