@@ -92,6 +92,9 @@ class WebformConfig(Section):
     return_urls: list[str] = []
     thank_you_url: str = ""
     daily_cap: Annotated[int, Field(ge=0)] = 5000
+    # The case opens only once the submitter followed a signed link mailed to
+    # the address they gave (good for verification.token_ttl_hours).
+    confirm_email: bool = False
     # The proof-of-work challenge (ALTCHA); off = a free challenge (the signed
     # token still carries the fill-time start and makes a submission single-use).
     captcha: bool = True

@@ -101,6 +101,18 @@ def hold(session: Session, held: Held, now: datetime) -> int:
     return add(session, held, now).id
 
 
+def set_reason(db: Database, entry_id: int, reason: str, error: str) -> None:
+    """A held entry now waits for something else (a web submission confirmed, over its cap)."""
+
+    def work(session: Session) -> None:
+        entry = session.get(QuarantineEntry, entry_id)
+        if entry is not None and entry.status == HELD:
+            entry.reason = reason
+            entry.error = error[:ERROR_KEEP_CHARS]
+
+    db.run(work, attempts=ATTEMPTS)
+
+
 def record(
     db: Database, held: Held, now: datetime, *, also: Callable[[Session], None] | None = None
 ) -> int:

@@ -227,3 +227,36 @@ def test_forged_web_header_in_mail_is_ignored(make_app: Any) -> None:
         case = session.get(Case, result.case_number)
         assert case is not None and (case.origin, case.priority) == ("Email", "Medium")
     assert any(d["decision"] == "web form header ignored" for d in result.trace)
+
+
+def test_confirm_email_opens_the_case_only_from_the_mailed_link(
+    make_api: Any, relay_sink: Any
+) -> None:
+    server = make_api(form_toml("confirm_email = true"))
+    with _client(server) as client:
+        answer = client.post(
+            "/web-to-case/contact", data={**fields(), "altcha": solved(client)}, headers=JSON
+        )
+        assert answer.status_code == 202 and answer.json() == {
+            "status": "received",
+            "confirm": True,
+        }
+        with server.app.db.session() as session:
+            assert session.scalars(select(Case)).first() is None
+        mail = relay_sink.wait_for(1, timeout=20)[0]
+        assert mail.rcpt_tos == ("ann@customer.test",)
+        body = mail.message().get_content()
+        url = next(w for w in body.split() if "/confirm?" in w)
+        assert url.startswith(server.base)
+        forged = client.get(url.replace("token=", "token=0"))
+        opened = client.get(url)
+        again = client.get(url)
+    assert forged.status_code == 400
+    assert opened.status_code == 200 and "Your case number is 1." in opened.text
+    assert "Your case number is 1." in again.text  # the same answer, no second case
+    with server.app.db.session() as session:
+        [case] = session.scalars(select(Case)).all()
+        assert case.origin == "Web"
+    # Then the acknowledgement, like any new case.
+    ack = relay_sink.wait_for(2, timeout=20)[1]
+    assert "[Case #00000001]" in str(ack.message()["Subject"])

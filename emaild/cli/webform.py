@@ -84,7 +84,7 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The entries as JSON for scripts.")
 @pass_ctx
 def held_cmd(ctx: Context, form_name: str | None, as_json: bool) -> None:
-    """Submissions held over a daily cap (released the next day, or with "release")."""
+    """Submissions held over a daily cap or waiting for the address to be confirmed."""
     from emaild.webform.cap import held_entries
 
     rows = held_entries(ctx.app().db, form_name)

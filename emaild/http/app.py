@@ -68,6 +68,7 @@ class BodyLimit:
 def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     """The API for ``app``; ``run_sync`` runs blocking work (the daemon's worker pool)."""
     from emaild.http.routes import admin, cases, files, intake, webform
+    from emaild.http.webform_gate import RateGate, WebState
 
     api = FastAPI(
         title="emaild",
@@ -86,8 +87,8 @@ def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     for module in (cases, intake, files, admin):
         v1.include_router(module.router)
     api.include_router(v1)
-    api.state.webform = webform.WebState()
+    api.state.webform = WebState()
     api.include_router(webform.router)
-    api.add_middleware(webform.RateGate, emaild=app, state=api.state.webform)
+    api.add_middleware(RateGate, emaild=app, state=api.state.webform)
     api.add_middleware(BodyLimit, emaild=app)
     return api

@@ -9,6 +9,8 @@
   the signed ``X-Emaild-Web`` header (``stamp``) the ``route`` stage reads.
 - ``cap``: the daily cap; over it a submission is held in quarantine and
   released the next day or by an admin.
+- ``confirm``: optional: the case opens when the submitter follows a
+  signed link mailed to the address they gave.
 - ``page``: the form snippet, the served page and the thank-you page.
 
 Nothing here imports the pipeline; ``emaild.http.routes.webform`` is the channel.

@@ -31,6 +31,8 @@ from emaild.store.models import QuarantineEntry, WebformDay
 log = structlog.get_logger("emaild.webform")
 
 REASON = "daily_cap"
+# Waiting for the submitter to confirm the address (emaild.webform.confirm).
+CONFIRM_REASON = "confirm_email"
 STAGE_PREFIX = "webform:"
 RELEASE_JOB_SECONDS = 300
 
@@ -111,10 +113,11 @@ def hold(
 
 
 def held_entries(db: Database, form: str | None = None) -> list[dict[str, Any]]:
-    """Held submissions (all forms, or one), oldest first."""
+    """Held submissions (all forms, or one; over the cap or unconfirmed), oldest first."""
     with db.session(readonly=True) as session:
         query = select(QuarantineEntry).where(
-            QuarantineEntry.status == quarantine.HELD, QuarantineEntry.reason == REASON
+            QuarantineEntry.status == quarantine.HELD,
+            QuarantineEntry.reason.in_((REASON, CONFIRM_REASON)),
         )
         if form is not None:
             query = query.where(QuarantineEntry.stage == STAGE_PREFIX + form)
@@ -154,8 +157,12 @@ def release(
         name = entry["form"]
         if entries is not None and entry["id"] not in entries:
             continue
-        if name in full or (not force and datetime.fromisoformat(entry["created_at"]) >= today):
+        if name in full:
             continue
+        if not force and (
+            entry["reason"] != REASON or datetime.fromisoformat(entry["created_at"]) >= today
+        ):
+            continue  # the job waits for tomorrow, and for a confirmation
         if not reserve(pipeline.db, name, now, caps.get(name, 0), force=force):
             full.add(name)
             continue

@@ -129,9 +129,15 @@ def form_page(form: WebformConfig) -> str:
     return document(form.title, snippet(form))
 
 
-def thanks_page(form: WebformConfig, case_number: int | None) -> str:
+def thanks_page(
+    form: WebformConfig, case_number: int | None, *, confirming: bool = False, queued: bool = False
+) -> str:
     number = "" if case_number is None else f" Your case number is {case_number}."
     text = f"We received your request and will answer by email.{number}"
+    if confirming:
+        text = "We sent you an email: follow its link to confirm your request."
+    elif queued:
+        text = "Thank you: your request is confirmed and will be opened shortly."
     return document("Thank you", f'<p id="ewf-thanks">{escape(text)}</p>\n')
 
 

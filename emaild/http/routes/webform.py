@@ -9,15 +9,13 @@ mail, with channel ``web``. Over the form's daily cap it is held instead.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emaild.app import App
 from emaild.config import WebformConfig
@@ -25,27 +23,15 @@ from emaild.errors import InputError, TransientError
 from emaild.http.context import ApiContext, api
 from emaild.http.problems import problem_response
 from emaild.http.webform_body import read_body
+from emaild.http.webform_gate import SECURITY_HEADERS, WebState
 from emaild.intake import Envelope, IngestResult, Outcome
-from emaild.webform import cap, challenge, page
-from emaild.webform.guard import RateLimiter, ReplayGuard, client_address, origin_verdict
+from emaild.webform import cap, challenge, confirm, page
+from emaild.webform.guard import client_address, origin_verdict
 from emaild.webform.message import build, message_id
 from emaild.webform.submission import Refused, Submission, case_fields, read
 
 log = structlog.get_logger("emaild.webform")
 router = APIRouter(prefix="/web-to-case", tags=["web-to-case"], include_in_schema=False)
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "strict-origin-when-cross-origin",
-    "X-Frame-Options": "DENY",
-}
-
-
-@dataclass
-class WebState:
-    """What the defences remember between requests (this process only)."""
-
-    limiter: RateLimiter = field(default_factory=RateLimiter)
-    replays: ReplayGuard = field(default_factory=ReplayGuard)
 
 
 def _state(request: Request) -> WebState:
@@ -82,78 +68,6 @@ def _refusal(exc: Refused, as_json: bool, form: WebformConfig | None) -> Respons
     response = _html(page.error_page(exc.status, exc.detail, form), exc.status, form)
     response.headers.update(exc.headers)
     return response
-
-
-class RateGate:
-    """The per-client rate limits, before routing: a flood costs little.
-
-    ``POST /web-to-case/NAME`` over the form's limit is answered 429 here,
-    without reading the body, without a log line each (debug level). New
-    challenges (``GET .../challenge``) have their own bucket, three times as
-    large: a page load, a reload, an expired challenge renewed.
-    """
-
-    def __init__(self, app: ASGIApp, emaild: App, state: WebState) -> None:
-        self.app = app
-        self.emaild = emaild
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        method = scope.get("method")
-        name = path.removeprefix("/web-to-case/")
-        key, factor = name, 1
-        if method == "GET" and name.endswith("/challenge"):
-            name = name.removesuffix("/challenge")
-            key, factor = f"{name}/challenge", 3
-        elif method != "POST":
-            name = ""
-        form = next((f for f in self.emaild.config.webform if f.name == name), None)
-        if not path.startswith("/web-to-case/") or form is None:
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        peer = (scope.get("client") or ("", 0))[0]
-        trusted = self.emaild.config.web.trusted_proxies
-        client = client_address(peer, headers.get("x-forwarded-for"), trusted)
-        wait = self.state.limiter.allow(
-            key, client, form.rate_burst * factor, form.rate_per_minute * factor
-        )
-        if not wait:
-            await self.app(scope, receive, send)
-            return
-        log.debug("webform.refused", form=name, status=429, defence="rate", client=client)
-        retry = str(max(1, int(wait + 0.999))).encode()
-        accept = headers.get("accept", "").lower()
-        if "application/json" in accept and "text/html" not in accept:
-            body, kind = _RATE_JSON, b"application/problem+json"
-        else:
-            body, kind = _RATE_HTML, b"text/html; charset=utf-8"
-        # Straight to the server, without a Response object: the cheapest answer.
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", kind),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", retry),
-                    *_RAW_SECURITY,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-_RATE_DETAIL = "too many submissions: try again later"
-_RATE_JSON = json.dumps(
-    {"type": "about:blank", "title": "Too Many Requests", "status": 429, "detail": _RATE_DETAIL}
-).encode()
-_RATE_HTML = page.error_page(429, _RATE_DETAIL, None).encode()
-_RAW_SECURITY = [
-    *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()),
-    (b"content-security-policy", page.csp([]).encode()),
-]
 
 
 @router.get("/static/{filename}")
@@ -195,7 +109,7 @@ async def new_challenge(name: str, request: Request) -> Response:
 
 
 @router.get("/{name}/thanks")
-async def thanks(name: str, request: Request, ref: str = "") -> Response:
+async def thanks(name: str, request: Request, ref: str = "", confirm: str = "") -> Response:
     """Where a browser lands after a submission (unless a return URL is allowed)."""
     ctx = api(request)
     try:
@@ -205,7 +119,30 @@ async def thanks(name: str, request: Request, ref: str = "") -> Response:
     number = ctx.app.services.signer.verify(ref) if ref and len(ref) < 200 else None
     if form.hide_record_information:
         number = None
-    return _html(page.thanks_page(form, number), form=form)
+    return _html(page.thanks_page(form, number, confirming=bool(confirm)), form=form)
+
+
+@router.get("/{name}/confirm")
+async def confirm_submission(
+    name: str, request: Request, entry: int = 0, expires: int = 0, token: str = ""
+) -> Response:
+    """The signed link of the confirmation mail: the case opens now."""
+    ctx = api(request)
+    try:
+        form = _form(ctx.app, name)
+        secret = ctx.app.services.signer.secret
+        if not confirm.valid(secret, entry, expires, token[:100], ctx.now()):
+            raise Refused(400, "this link is not valid or has expired", "confirm")
+        try:
+            done = await ctx.run_sync(confirm.confirm, ctx.app.pipeline, form, entry)
+        except InputError as exc:
+            raise Refused(404, str(exc), "confirm") from None
+        except TransientError as exc:
+            raise Refused(503, f"temporarily unavailable: {exc}", "storage") from None
+    except Refused as exc:
+        return _refusal(exc, False, None)
+    number = None if form.hide_record_information else done.case_number
+    return _html(page.thanks_page(form, number, queued=done.case_number is None), form=form)
 
 
 @router.post("/{name}")
@@ -279,27 +216,46 @@ async def _submit(
         "rate": "ok",
     }
     try:
-        result, held = await ctx.run_sync(_admit, ctx.app, form, submission, msgid, defences)
+        admitted = await ctx.run_sync(
+            _admit, ctx.app, form, submission, msgid, defences, str(request.base_url)
+        )
     except TransientError as exc:
         raise Refused(
             503, f"temporarily unavailable: {exc}", "storage", {"Retry-After": "5"}
         ) from None
     except InputError as exc:
         raise Refused(413 if "limit" in str(exc) else 422, str(exc), "input") from None
-    return _answer(form, submission, result, held, ctx, as_json)
+    return _answer(form, submission, admitted, ctx, as_json)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    result: IngestResult | None  # None: held
+    held: int | None = None  # the quarantine entry keeping it
+    confirming: bool = False  # held until the submitter confirms the address
 
 
 def _admit(
-    app: App, form: WebformConfig, submission: Submission, msgid: str, defences: dict[str, Any]
-) -> tuple[IngestResult | None, int | None]:
+    app: App,
+    form: WebformConfig,
+    submission: Submission,
+    msgid: str,
+    defences: dict[str, Any],
+    base_url: str,
+) -> Admitted:
     """Count, build and ingest (or hold) the submission: the blocking part."""
     services = app.services
-    if services.addresses.lookup(form.address) is None:  # may read the database
+    routing = services.addresses.lookup(form.address)  # may read the database
+    if routing is None:
         log.error("webform.no_routing_address", form=form.name, address=form.address)
         raise Refused(503, "this form is not set up: try again later", "config")
     now = services.clock()
-    admitted = cap.reserve(app.db, form.name, now, form.daily_cap)
-    defences = {**defences, "daily_cap": "ok" if admitted else f"over {form.daily_cap}, held"}
+    if form.confirm_email:  # counted against the cap once confirmed
+        admitted = False
+        defences = {**defences, "daily_cap": "counted when confirmed"}
+    else:
+        admitted = cap.reserve(app.db, form.name, now, form.daily_cap)
+        defences = {**defences, "daily_cap": "ok" if admitted else f"over {form.daily_cap}, held"}
     template = form.template
     if (
         not template
@@ -321,6 +277,22 @@ def _admit(
         if admitted:
             cap.unreserve(app.db, form.name, now)
         raise
+    if form.confirm_email:
+        sha, _ = services.blobs.put(raw)
+        entry = confirm.hold_and_ask(
+            app.db,
+            form,
+            routing,
+            raw=raw,
+            raw_sha256=sha,
+            sender=submission.email,
+            now=now,
+            base_url=app.config.web.public_url or base_url,
+            secret=services.signer.secret,
+            ttl_hours=app.config.verification.token_ttl_hours,
+        )
+        log.info("webform.confirming", form=form.name, quarantine_id=entry)
+        return Admitted(None, entry, confirming=True)
     if not admitted:
         sha, _ = services.blobs.put(raw)
         entry = cap.hold(
@@ -334,7 +306,7 @@ def _admit(
             now=now,
         )
         log.info("webform.held", form=form.name, quarantine_id=entry)
-        return None, entry
+        return Admitted(None, entry)
     envelope = Envelope(
         channel="web",
         mail_from=submission.email,
@@ -349,17 +321,13 @@ def _admit(
         raise
     if result.outcome is Outcome.DUPLICATE:
         cap.unreserve(app.db, form.name, now)
-    return result, None
+    return Admitted(result)
 
 
 def _answer(
-    form: WebformConfig,
-    submission: Submission,
-    result: IngestResult | None,
-    held: int | None,
-    ctx: ApiContext,
-    as_json: bool,
+    form: WebformConfig, submission: Submission, admitted: Admitted, ctx: ApiContext, as_json: bool
 ) -> Response:
+    result, held = admitted.result, admitted.held
     if result is not None and result.outcome is Outcome.REJECTED:
         raise Refused(422, result.detail or "refused", "pipeline")
     case = result.case_number if result is not None else None
@@ -375,7 +343,9 @@ def _answer(
         data: dict[str, Any] = {"status": "received"}
         if shown is not None:
             data["case"] = shown
-        if held is not None:
+        if admitted.confirming:
+            data["confirm"] = True
+        elif held is not None:
             data["held"] = True
         code = 202
         if result is not None and result.outcome is Outcome.NEW_CASE:
@@ -389,5 +359,6 @@ def _answer(
         target = form.thank_you_url
     else:
         ref = ctx.app.services.signer.reference(shown) if shown is not None else ""
-        target = f"/web-to-case/{form.name}/thanks" + (f"?ref={ref}" if ref else "")
+        query = "?confirm=1" if admitted.confirming else (f"?ref={ref}" if ref else "")
+        target = f"/web-to-case/{form.name}/thanks{query}"
     return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
