@@ -118,14 +118,17 @@ def _run_batch(
         last, candidates, counts = step(session, after)
         outcome.update(last=last, counts=counts)
         if dry_run:
-            unused = {s for s in candidates if s} - referenced(session, candidates)
+            used = referenced(session, candidates)
+            unused = {s for s in candidates if s} - used
             outcome["would_free"] = [s for s in unused if blobs.exists(s)]
+            outcome["would_keep"] = len(used)
             raise _Rollback
         outcome["candidates"] = candidates
 
     try:
         db.run(work, attempts=3)
     except _Rollback:
+        report.blobs.kept += outcome["would_keep"]
         for sha in outcome["would_free"]:
             report.blobs.deleted += 1
             report.blobs.bytes += blobs.path(sha).stat().st_size
