@@ -186,3 +186,47 @@ def test_rules_off_by_default_and_cli(app: App, run_cli: Any) -> None:
     assert _state(app) == before
     done = run_cli("purge", "--dry-run", env={"EMAILD_CONFIG": ""})
     assert done.returncode == 0 and b"nothing to purge" in done.stdout
+
+
+def test_daemon_runs_the_purge_daily(make_app: Any, tmp_path: Path) -> None:
+    import asyncio
+    import threading
+    import time
+    from datetime import UTC, datetime
+
+    from emaild.daemon import Daemon
+    from emaild.privacy.component import JOB_ID, retention_component
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "50-test.toml").write_text(RULES, encoding="utf-8")
+    app = make_app(
+        "[retention]\ndropped_days = 5\nrun_hour = 4\n",
+        EMAILD_RULES_DIR=str(rules),
+        EMAILD_SMTP_LISTEN="127.0.0.1:0",
+    )
+    now = app.pipeline.clock()
+    dropped = _ingest(app, build_mail(subject="[noise] x", message_id="<x@d.test>"))
+    _backdate(app, Message, dropped.message_row_id, received_at=now - timedelta(days=6))
+    daemon = Daemon(app, env={}, components=(retention_component,))
+    thread = threading.Thread(target=lambda: asyncio.run(daemon.serve()), daemon=True)
+    thread.start()
+    try:
+        assert daemon.ready.wait(30)
+        job = daemon.scheduler.get_job(JOB_ID)
+        assert job is not None and (job.next_run_time.hour, job.next_run_time.minute) == (4, 0)
+        assert daemon.loop is not None
+        # Its time has come (the job as scheduled, not a direct call).
+        daemon.loop.call_soon_threadsafe(lambda: job.modify(next_run_time=datetime.now(UTC)))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with app.db.session() as s:
+                if s.get(Message, dropped.message_row_id) is None:
+                    break
+            time.sleep(0.1)
+        with app.db.session() as s:
+            assert s.get(Message, dropped.message_row_id) is None
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
