@@ -95,6 +95,17 @@ def _setup(app: App) -> dict[str, Any]:
     return rows
 
 
+def _age_blobs(app: App, seconds: float = 600) -> None:
+    """Every blob file as if stored ``seconds`` ago (past the purge's grace period)."""
+    import os
+    import time
+
+    when = time.time() - seconds
+    for path in Path(app.config.blob_dir).rglob("*"):
+        if path.is_file():
+            os.utime(path, (when, when))
+
+
 def _state(app: App) -> Any:
     with app.db.session() as s:
         messages = s.execute(select(Message.id, Message.state, Message.raw_sha256)).all()
@@ -124,6 +135,9 @@ def test_purge_removes_only_what_the_rules_name(make_app: Any, tmp_path: Path) -
 
     shared, only_a = hashlib.sha256(SHARED).hexdigest(), hashlib.sha256(ONLY_A).hexdigest()
     assert a_shas == {shared, only_a}
+    _age_blobs(app)
+    # Someone stores the same scan right now (their row not committed yet): it stays.
+    app.blobs.put(ONLY_A)
     before = _state(app)
     now = app.pipeline.clock()
 
@@ -132,12 +146,13 @@ def test_purge_removes_only_what_the_rules_name(make_app: Any, tmp_path: Path) -
     real = purge(app.db, app.blobs, app.config.retention, now)
     assert (real.cases, real.raw_messages, real.attachments) == (1, 1, 2)
     assert (real.quarantine_entries, real.dropped_messages) == (1, 1)
-    # a's raw, a's own scan, the old quarantined and dropped raw; the price list stays.
-    assert real.blobs.deleted == 4 and real.blobs.kept == 1
+    # a's raw, the old quarantined and dropped raw go; the price list (bob's message
+    # has it) and the scan (stored again just now) stay.
+    assert real.blobs.deleted == 3 and real.blobs.kept == 2
     assert dry.as_json() == {**real.as_json(), "dry_run": True}
 
     files = _blob_files(app)
-    assert not (gone_raw | {only_a}) & files
+    assert not gone_raw & files and only_a in files
     assert shared in files  # bob's message still has it
     with app.db.session() as s:
         kept_case = s.get(Case, rows["a"].case_number)
@@ -208,6 +223,7 @@ def test_daemon_runs_the_purge_daily(make_app: Any, tmp_path: Path) -> None:
     now = app.pipeline.clock()
     dropped = _ingest(app, build_mail(subject="[noise] x", message_id="<x@d.test>"))
     _backdate(app, Message, dropped.message_row_id, received_at=now - timedelta(days=6))
+    _age_blobs(app)
     daemon = Daemon(app, env={}, components=(retention_component,))
     thread = threading.Thread(target=lambda: asyncio.run(daemon.serve()), daemon=True)
     thread.start()

@@ -10,7 +10,9 @@ Three rules, each off (0 days) unless configured:
 
 Rows are handled in batches, each in its own transaction, oldest first; a
 batch's blobs are deleted after its commit when no remaining row refers to
-them (``blobrefs``). A dry run does the same work and rolls each batch back,
+them (``blobrefs``) and it was not stored again in the last
+``GRACE_SECONDS`` (a message with the same content may be on its way to its
+commit; such a blob is kept for good, as no later run names it again). A dry run does the same work and rolls each batch back,
 so its counts are what a real run would remove (blobs shared between two
 batches of one run are the exception: counted as kept).
 """
@@ -45,6 +47,9 @@ BATCH = 2000
 MAX_BATCHES = 1000
 # What the outbox keeps of a sent item once its case's raw bytes are purged.
 DONE = ("sent", "failed")
+# Longer than any message's time from storing its blobs to its commit (the
+# database busy timeout is 30 s by default).
+GRACE_SECONDS = 120.0
 
 
 @dataclass
@@ -81,7 +86,9 @@ def purge(
 ) -> PurgeReport:
     """Apply ``rules`` as of ``now``; returns what was (or would be) removed."""
     report = PurgeReport(dry_run=dry_run)
-    started = time.time()
+    # A blob stored again in the last GRACE_SECONDS (its file touched) is kept: the
+    # writer's row may not be committed yet when the references are checked.
+    started = time.time() - GRACE_SECONDS
     steps = []
     if rules.closed_case_raw_days:
         cutoff = now - timedelta(days=rules.closed_case_raw_days)
@@ -120,8 +127,10 @@ def _run_batch(
         if dry_run:
             used = referenced(session, candidates)
             unused = {s for s in candidates if s} - used
-            outcome["would_free"] = [s for s in unused if blobs.exists(s)]
-            outcome["would_keep"] = len(used)
+            outcome["would_free"] = [s for s in unused if _older(blobs, s, started)]
+            outcome["would_keep"] = len(used) + sum(
+                1 for s in unused if blobs.exists(s) and not _older(blobs, s, started)
+            )
             raise _Rollback
         outcome["candidates"] = candidates
 
@@ -142,6 +151,14 @@ def _run_batch(
         report.blobs.bytes += freed.bytes
         report.blobs.kept += freed.kept
     return int(outcome["last"])
+
+
+def _older(blobs: BlobStore, sha: str, cutoff: float) -> bool:
+    """Blob ``sha`` exists and was last stored before ``cutoff``."""
+    try:
+        return blobs.path(sha).stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 def _closed_cases(session: Session, cutoff: datetime, after: int, now: datetime) -> Batch:
