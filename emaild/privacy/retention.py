@@ -12,9 +12,10 @@ Rows are handled in batches, each in its own transaction, oldest first; a
 batch's blobs are deleted after its commit when no remaining row refers to
 them (``blobrefs``) and it was not stored again in the last
 ``GRACE_SECONDS`` (a message with the same content may be on its way to its
-commit; such a blob is kept for good, as no later run names it again). A dry run does the same work and rolls each batch back,
-so its counts are what a real run would remove (blobs shared between two
-batches of one run are the exception: counted as kept).
+commit; such a blob is kept for good, as no later run names it again). A dry
+run does the same work and rolls each batch back, so its counts are what a
+real run would remove (blobs shared between two batches of one run are the
+exception: counted as kept).
 """
 
 from __future__ import annotations

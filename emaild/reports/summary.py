@@ -39,11 +39,16 @@ def _key(dialect: str, by: str, ts: Any) -> Any:
     return bucket(dialect, ts, by) if by in ("day", "week") else _COLUMNS[by]
 
 
-def _first_replies() -> Any:
-    """Per case: the time of its first agent reply."""
+def _first_replies(opened_in: Any) -> Any:
+    """Per case opened in the period: the time of its first agent reply."""
+    opened = select(Case.id).where(opened_in)
     return (
         select(Message.case_id.label("case_id"), func.min(Message.received_at).label("at"))
-        .where(Message.direction == "out", Message.is_auto.is_(False))
+        .where(
+            Message.case_id.in_(opened),
+            Message.direction == "out",
+            Message.is_auto.is_(False),
+        )
         .group_by(Message.case_id)
         .subquery()
     )
@@ -77,7 +82,7 @@ def grouped(session: Session, since: datetime, until: datetime, by: str) -> list
     key = _key(dialect, by, Case.created_at).label("k")
     for k, n in session.execute(select(key, func.count()).where(opened_in).group_by(key)):
         row(k)["opened"] = int(n)
-    first = _first_replies()
+    first = _first_replies(opened_in)
     wait = seconds_between(dialect, Case.created_at, first.c.at)
     query = (
         select(key, func.count(), func.avg(wait))

@@ -314,7 +314,8 @@ class CaseEvent(Base):
     kind: Mapped[str] = mapped_column(SafeString(32))
     # Who: an API token's name, "cli", or "mail" for the pipeline.
     actor: Mapped[str] = mapped_column(SafeString(255), default="")
-    at: Mapped[datetime]
+    # Indexed: reports count status changes in a period.
+    at: Mapped[datetime] = mapped_column(index=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 

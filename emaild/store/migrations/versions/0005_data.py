@@ -24,9 +24,11 @@ def upgrade() -> None:
     op.create_index("ix_quarantine_created_at", "quarantine", ["created_at"], unique=False)
     # Reports: cases opened in a period.
     op.create_index("ix_cases_created_at", "cases", ["created_at"], unique=False)
+    op.create_index("ix_case_events_at", "case_events", ["at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_case_events_at", table_name="case_events")
     op.drop_index("ix_cases_created_at", table_name="cases")
     op.drop_index("ix_quarantine_created_at", table_name="quarantine")
     op.drop_index("ix_cases_closed_at", table_name="cases")
