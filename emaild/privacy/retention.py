@@ -44,6 +44,9 @@ from emaild.store.models import Attachment, Case, Message, OutboxItem, Quarantin
 
 ACTOR = "retention"
 BATCH = 2000
+# Quarantine entries are parsed again (to name their attachments' blobs) inside
+# the batch's transaction: smaller batches keep the write lock short.
+QUARANTINE_BATCH = 100
 # Batches per rule per run, at most: a run is bounded; the next run goes on.
 MAX_BATCHES = 1000
 # What the outbox keeps of a sent item once its case's raw bytes are purged.
@@ -223,7 +226,7 @@ def _quarantine(session: Session, blobs: BlobStore, cutoff: datetime, after: int
         select(QuarantineEntry.id, QuarantineEntry.raw_sha256)
         .where(QuarantineEntry.created_at < cutoff, QuarantineEntry.id > after)
         .order_by(QuarantineEntry.id)
-        .limit(BATCH)
+        .limit(QUARANTINE_BATCH)
     ).all()
     if not rows:
         return None, set(), {}
