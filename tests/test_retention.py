@@ -246,3 +246,26 @@ def test_daemon_runs_the_purge_daily(make_app: Any, tmp_path: Path) -> None:
         daemon.request_stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_retention_config_is_checked(tmp_path: Path) -> None:
+    import pytest
+
+    from emaild.config import load_config
+    from emaild.errors import ConfigError
+
+    env = {"HOME": str(tmp_path), "EMAILD_STATE_DIR": str(tmp_path)}
+    path = tmp_path / "emaild.toml"
+    for bad, key in (
+        ("quarantine_days = -1", "quarantine_days"),
+        ("run_hour = 24", "run_hour"),
+        ("keep_days = 3", "keep_days"),
+        ('dropped_days = "5"', "dropped_days"),
+    ):
+        path.write_text(f"[retention]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, env)
+        assert key in str(caught.value) and ":2:" in str(caught.value)
+    path.write_text("[retention]\ndropped_days = 7\n", encoding="utf-8")
+    rules = load_config(path, env).retention
+    assert rules.enabled and (rules.dropped_days, rules.quarantine_days) == (7, 0)
