@@ -30,6 +30,7 @@ from emaild.store.models import (
     Case,
     CaseEvent,
     CaseParticipant,
+    CaseTerm,
     Message,
     OutboxItem,
     QuarantineEntry,
@@ -74,7 +75,7 @@ def _history(app: App) -> dict[str, Any]:
     )
     bobs = build_multipart(
         sender="Bob <bob@partner.test>",
-        subject="Team question",
+        subject="Team question for Alice.Erase@customer.test",
         message_id="<m2@partner.test>",
         headers=f"Cc: Alice <{ALICE}>\r\n",
         attachments={"prices.txt": SHARED, "contacts.txt": b"team: ALICE.ERASE@customer.test\n"},
@@ -202,6 +203,11 @@ def test_erase_leaves_no_trace_and_keeps_shared_blobs(app: App) -> None:
             made["second"].case_number: {"messages_removed": 0},
         }
         assert s.scalar(select(QuarantineEntry.id)) is None
+        # Bob's subject named her: its topic terms were worked out again.
+        terms = set(
+            s.scalars(select(CaseTerm.term).where(CaseTerm.case_id == made["second"].case_number))
+        )
+        assert terms == {"team", "erased", "invalid"}
         parts = set(s.scalars(select(CaseParticipant.address)))
         assert parts == {"bob@partner.test", "carol@c.test"}
     again = erase(app.db, app.blobs, ALICE, actor="cli", now=app.pipeline.clock())

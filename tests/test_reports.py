@@ -10,6 +10,7 @@ import pytest
 
 from emaild.app import App
 from emaild.reports.report import build_report, period
+from emaild.reports.topics import index_case
 from emaild.store.models import Case, CaseEvent, Message, OutboxItem, QuarantineEntry
 
 # A Monday: the report's week is [T, T + 7 days).
@@ -29,6 +30,7 @@ def _case(s: Any, subject: str, created: datetime, **fields: Any) -> Case:
     )
     s.add(case)
     s.flush()
+    index_case(s, case.id, subject, created)  # what the persist stage does
     return case
 
 
@@ -216,3 +218,31 @@ def test_cli_report_json_and_csv(app: App, run_cli: Any) -> None:
     assert text.returncode == 0 and b"SPIKE" in text.stdout
     bad = run_cli("report", "--since", "soon")
     assert bad.returncode != 0 and b"since" in bad.stderr
+
+
+def test_terms_come_from_the_pipeline_and_the_migration(app: App) -> None:
+    from mailbuilder import build_mail
+    from sqlalchemy import inspect, select
+
+    from emaild.intake import Envelope
+    from emaild.store.database import alembic_config, upgrade
+    from emaild.store.models import CaseTerm
+
+    raw = build_mail(subject="Re: [#7] Scanner offline AGAIN, please help", message_id="<t@x.test>")
+    result = app.pipeline.ingest(raw, Envelope(channel="test"))
+    with app.db.session() as s:
+        got = set(s.scalars(select(CaseTerm.term).where(CaseTerm.case_id == result.case_number)))
+    assert got == {"scanner", "offline"}
+    # A database made before case_terms: the migration works the terms out.
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(app.db.engine)
+    before = ScriptDirectory.from_config(cfg).get_revision("0005").down_revision
+    command.downgrade(cfg, str(before))
+    with app.db.engine.connect() as conn:
+        assert "case_terms" not in inspect(conn).get_table_names()
+    upgrade(app.db.engine)
+    with app.db.session() as s:
+        assert set(s.scalars(select(CaseTerm.term))) == {"scanner", "offline"}
+        assert build_report(s, T, T + 7 * D)["topics"] == []  # created now, not in March

@@ -36,12 +36,14 @@ from emaild.privacy.blobrefs import remove_unreferenced as remove_blobs
 from emaild.privacy.contact import normalise, their_cases, their_messages, their_quarantine
 from emaild.privacy.rowrefs import forget_messages
 from emaild.privacy.scrub import redact_blob, redact_bytes, scrub_columns
+from emaild.reports.topics import index_case
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
 from emaild.store.models import (
     Attachment,
     Case,
     CaseParticipant,
+    CaseTerm,
     Message,
     OutboxItem,
     QuarantineEntry,
@@ -136,6 +138,7 @@ def _erase_rows(
     for (entry_id,) in changed.get("quarantine", set()):
         candidates |= _redact_quarantine(session, blobs, address, int(entry_id), report)
     _redact_outbox(session, address, cases)
+    _reindex_terms(session, {int(k[0]) for k in changed.get("cases", set())})
     _tombstones(session, sorted(cases), removed_per_case, actor, now)
     report.messages = len(ids)
     report.cases = sorted(cases)
@@ -212,6 +215,16 @@ def _redact_outbox(session: Session, address: str, cases: set[int]) -> None:
         new = redact_bytes(bytes(raw), address)
         if new is not None:
             session.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(raw=new))
+
+
+def _reindex_terms(session: Session, case_ids: set[int]) -> None:
+    """Cases whose subject named the person: their topic terms worked out again."""
+    for case_id in sorted(case_ids):
+        case = session.execute(
+            select(Case.subject, Case.created_at).where(Case.id == case_id)
+        ).one()
+        session.execute(delete(CaseTerm).where(CaseTerm.case_id == case_id))
+        index_case(session, case_id, case.subject, case.created_at)
 
 
 def _tombstones(

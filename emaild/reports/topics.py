@@ -12,29 +12,30 @@ the ``baseline`` periods of the same length right before it. With ``mean`` and
 
 (the floor of 1 keeps a topic that was flat at 0 or 1 from spiking on 2).
 
-Counting terms needs the subject text: it is read one (subject, created_at)
-pair at a time in batches, never a case object, and only the counts per term
-and period are kept.
+A case's terms are worked out once, when the case is created (the ``persist``
+stage calls ``index_case``; migration 0005 did it for older cases), and kept
+in ``case_terms``: the report counts them with one ``GROUP BY`` per period.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
-from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from emaild.store.models import Case
+from emaild.store.models import CaseTerm
 
 MIN_SPIKE_CASES = 3
 SPIKE_SIGMAS = 3.0
 BASELINE_PERIODS = 4
 TOP = 20
+MAX_TERMS = 12
+MAX_TERM_CHARS = 64
+_INSERT = insert(CaseTerm)
 _WORD = re.compile(r"[^\W\d_][\w'-]{2,}", re.UNICODE)
 _TOKEN = re.compile(r"\[[^\]]*#\s*\d+\]")
 _STOP_WORDS = """
@@ -54,30 +55,44 @@ def terms(subject: str) -> set[str]:
     return {w.strip("'-") for w in _WORD.findall(text) if w.strip("'-") not in STOP}
 
 
+def term_rows(case_id: int, subject: str, created_at: datetime) -> list[dict[str, Any]]:
+    """The ``case_terms`` rows of a case (at most ``MAX_TERMS``, each at most 64 chars)."""
+    kept = sorted(t for t in terms(subject) if len(t) <= MAX_TERM_CHARS)[:MAX_TERMS]
+    return [{"case_id": case_id, "term": t, "created_at": created_at} for t in kept]
+
+
+def index_case(session: Session, case_id: int, subject: str, created_at: datetime) -> None:
+    """Record a new case's terms (one executemany, in the caller's transaction)."""
+    rows = term_rows(case_id, subject, created_at)
+    if rows:
+        session.connection().execute(_INSERT, rows)
+
+
+def _counts(session: Session, start: datetime, end: datetime) -> dict[str, int]:
+    """Cases per term created in ``[start, end)``: one GROUP BY."""
+    query = (
+        select(CaseTerm.term, func.count())
+        .where(CaseTerm.created_at >= start, CaseTerm.created_at < end)
+        .group_by(CaseTerm.term)
+    )
+    return {str(term): int(n) for term, n in session.execute(query)}
+
+
 def topics(
     session: Session, since: datetime, until: datetime, *, baseline: int = BASELINE_PERIODS
 ) -> list[dict[str, Any]]:
     """The period's top topics with their usual level and a ``spike`` flag."""
     span = until - since
-    start = since - span * baseline
-    counts: list[Counter[str]] = [Counter() for _ in range(baseline + 1)]
-    query = (
-        select(Case.subject, Case.created_at)
-        .where(Case.created_at >= start, Case.created_at < until)
-        .execution_options(yield_per=1000)
-    )
-    for subject, created in session.execute(query):
-        # The report period is ``baseline``; the one right before it ``baseline - 1``.
-        back = 0 if created >= since else math.ceil((since - created) / span)
-        index = baseline - back
-        if 0 <= index <= baseline:
-            counts[index].update(terms(subject or ""))
-    current = counts[baseline]
+    current = _counts(session, since, until)
+    history = [
+        _counts(session, since - span * back, since - span * (back - 1))
+        for back in range(baseline, 0, -1)
+    ]
     out: list[dict[str, Any]] = []
-    for term, count in current.most_common():
-        history = [c[term] for c in counts[:baseline]]
-        mean = statistics.fmean(history) if history else 0.0
-        stdev = statistics.pstdev(history) if history else 0.0
+    for term, count in current.items():
+        levels = [h.get(term, 0) for h in history]
+        mean = statistics.fmean(levels) if levels else 0.0
+        stdev = statistics.pstdev(levels) if levels else 0.0
         spike = count >= MIN_SPIKE_CASES and count >= mean + SPIKE_SIGMAS * max(stdev, 1.0)
         out.append(
             {
@@ -88,5 +103,5 @@ def topics(
                 "spike": spike,
             }
         )
-    out.sort(key=lambda t: (not t["spike"], -t["cases"], str(t["topic"])))
+    out.sort(key=lambda t: (not t["spike"], -t["cases"], t["topic"]))
     return out[:TOP]

@@ -319,6 +319,20 @@ class CaseEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class CaseTerm(Base):
+    """A telling term of a case's subject (``emaild.reports.topics``), written with the
+    case: the topic view counts these with SQL. ``created_at`` is the case's."""
+
+    __tablename__ = "case_terms"
+    __table_args__ = (Index("ix_case_terms_created_at_term", "created_at", "term"),)
+
+    case_id: Mapped[int] = mapped_column(
+        ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True
+    )
+    term: Mapped[str] = mapped_column(SafeString(64), primary_key=True)
+    created_at: Mapped[datetime]
+
+
 class ApiToken(Base):
     """An HTTP API token; only its sha256 is stored (``emaild token add``)."""
 
