@@ -28,6 +28,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from emaild.store.models import CaseTerm
+from emaild.store.safetext import storable
 
 MIN_SPIKE_CASES = 3
 SPIKE_SIGMAS = 3.0
@@ -51,7 +52,9 @@ STOP = frozenset(_STOP_WORDS.split())
 
 def terms(subject: str) -> set[str]:
     """The telling terms of a subject."""
-    text = _TOKEN.sub(" ", subject).lower()
+    # Stored as the column stores it (a lone surrogate becomes U+FFFD), so two
+    # words that only differ there are one term, not a duplicate key.
+    text = storable(_TOKEN.sub(" ", subject).lower())
     return {w.strip("'-") for w in _WORD.findall(text) if w.strip("'-") not in STOP}
 
 
