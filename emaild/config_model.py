@@ -20,9 +20,10 @@ from pydantic import (
 )
 
 from emaild.config_base import MiB, Section
+from emaild.config_retention import RetentionConfig
 from emaild.config_trust import SpamConfig, TrustConfig
 
-__all__ = ["MiB", "Section", "SpamConfig", "TrustConfig"]
+__all__ = ["MiB", "RetentionConfig", "Section", "SpamConfig", "TrustConfig"]
 
 Priority = Literal["Low", "Medium", "High", "Urgent"]
 PRIORITIES: tuple[str, ...] = ("Low", "Medium", "High", "Urgent")
@@ -383,6 +384,7 @@ class Config(Section):
     verification: VerificationConfig = VerificationConfig()
     trust: TrustConfig = TrustConfig()
     spam: SpamConfig = SpamConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

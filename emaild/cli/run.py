@@ -31,6 +31,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     from emaild.daemon import ComponentFactory, Daemon
     from emaild.http.server import http_component
     from emaild.outbox.component import outbox_component
+    from emaild.privacy.component import retention_component
     from emaild.systemd import listen_fds
     from emaild.verification.release import ReleaseJob
 
@@ -47,6 +48,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
         outbox_component,
         lambda app: ReleaseJob(app.pipeline.release_held),
         imap_component,
+        retention_component,
         lambda app: http_component(app, sockets),
     )
     daemon = Daemon(

@@ -5,6 +5,10 @@ a temporary file in the same directory tree (``tmp/``, or beside the blob as
 ``.<sha prefix>-*.tmp`` when the name is known first), are fsynced, then
 renamed into place and the directory fsynced, so a reader never sees a partial
 blob and a crash leaves only a temp file.
+
+Blobs are shared, so only ``emaild.privacy`` deletes one, once no row refers
+to it; storing content that already exists touches the file, which keeps it
+from a deletion that checked the rows before this writer's commit.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class BlobStore:
         """Store ``data``; returns (sha256, size)."""
         sha = hashlib.sha256(data).hexdigest()
         final = self.path(sha)
-        if final.is_file():
+        if _touch(final):
             return sha, len(data)
         # The name is known before writing: the temporary file goes beside its
         # final place, so the rename stays in one directory (no shared tmp/
@@ -129,9 +133,26 @@ class BlobStore:
             path.mkdir(mode=0o700, exist_ok=True)
             _fsync_dir(path.parent)
 
+    def remove(self, sha256: str, *, unless_used_since: float) -> int | None:
+        """Delete blob ``sha256`` unless it was written or stored again after the given time.
+
+        The caller checked that no row refers to it; a writer storing the same
+        content meanwhile (its row not yet committed) touched the file, and it
+        stays. Returns the bytes freed, or None if it was kept (or missing).
+        """
+        path = self.path(sha256)
+        try:
+            info = path.stat()
+            if info.st_mtime >= unless_used_since:
+                return None
+            path.unlink()
+        except FileNotFoundError:
+            return None
+        return info.st_size
+
     def _publish(self, tmp: str, sha: str) -> None:
         final = self.path(sha)
-        if final.is_file():
+        if _touch(final):
             _unlink(tmp)
             return
         if not final.parent.is_dir():
@@ -146,6 +167,17 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _touch(path: Path) -> bool:
+    """True if blob ``path`` exists, its time set to now: in use again (see ``remove``)."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:  # not ours to touch (another owner): it exists all the same
+        return path.is_file()
+    return True
 
 
 def _unlink(path: str) -> None:
