@@ -21,4 +21,4 @@ log = structlog.get_logger("emaild.alerts")
 def emit(session: Session, kind: str, data: dict[str, Any], at: datetime) -> None:
     """Record event ``kind`` with ``data`` at ``at``; committed with the caller's change."""
     session.add(OpsEvent(kind=kind, at=at, data=data))
-    log.warning("event", kind=kind, at=at.isoformat(), **data)
+    log.warning("ops.event", event_kind=kind, at=at.isoformat(), data=data)
