@@ -11,8 +11,12 @@ and directory), and the rest (session, commit with its WAL fsync, logging).
   no more.
 - Logging is on, as in the daemon (JSON lines), written to /dev/null.
 - ``--cpu`` reports thread CPU time instead of wall time.
+- ``--metrics-overhead``: each round ingests one batch with metrics counting
+  (``[metrics] enabled``) and one without, in alternating order, and reports
+  the per-message cost of each and their ratio (no stage breakdown then).
 
     .venv/bin/python bench/bench_ingest.py [--messages 300] [--rounds 3] [--answered]
+    .venv/bin/python bench/bench_ingest.py --metrics-overhead --rounds 5
     .venv/bin/python bench/bench_ingest.py --database-url postgresql+psycopg://...
 
 Each round ingests ``--messages`` new messages into the same store; the best
@@ -41,6 +45,7 @@ import emaild.pipeline.core as core  # noqa: E402
 from emaild import logs  # noqa: E402
 from emaild.app import App  # noqa: E402
 from emaild.config import load_config  # noqa: E402
+from emaild.observe import metrics  # noqa: E402
 from emaild.pipeline import Envelope  # noqa: E402
 
 ENVELOPE = Envelope(
@@ -58,6 +63,9 @@ def main() -> None:
     parser.add_argument("--answered", action="store_true", help="a new sender per message")
     parser.add_argument("--cpu", action="store_true", help="thread CPU time, not wall time")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
+    parser.add_argument(
+        "--metrics-overhead", action="store_true", help="metrics on vs off, per message"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="emaild-bench-ingest-") as state:
@@ -70,7 +78,10 @@ def main() -> None:
             logs.configure(config.logging.level, "json", stream=void)
             app = App.open(config)
             try:
-                run(app, args)
+                if args.metrics_overhead:
+                    overhead(app, args)
+                else:
+                    run(app, args)
             finally:
                 app.close()
 
@@ -129,6 +140,31 @@ def run(app: App, args: argparse.Namespace) -> None:
     print(f"{n / best_total:.0f} msg/s, best of {args.rounds} rounds of {n}")
     for name, value in sorted(best.items(), key=lambda item: -item[1]):
         print(f"  {name:30} {value / n * 1000:6.3f} ms")
+
+
+def overhead(app: App, args: argparse.Namespace) -> None:
+    """Per-message cost with metrics on and off, rounds interleaved; best round of each."""
+    clock: Callable[[], float] = time.thread_time if args.cpu else time.perf_counter
+    tag = str(time.time())
+    for n in range(30):
+        app.pipeline.ingest(build_message(n, f"{tag}-warm"), ENVELOPE)
+    best = {True: float("inf"), False: float("inf")}
+    for r in range(args.rounds):
+        for on in (True, False) if r % 2 == 0 else (False, True):
+            messages = [build_message(n, f"{tag}-{r}-{on}") for n in range(args.messages)]
+            metrics.set_enabled(on)
+            started = clock()
+            for raw in messages:
+                app.pipeline.ingest(raw, ENVELOPE)
+            best[on] = min(best[on], clock() - started)
+    metrics.set_enabled(True)
+    n = args.messages
+    on, off = best[True] / n * 1000, best[False] / n * 1000
+    backend = app.db.engine.dialect.name
+    what = "thread CPU" if args.cpu else "wall"
+    print(f"{backend}, metrics on vs off ({what}), best of {args.rounds} rounds of {n}:")
+    print(f"  on  {on:.3f} ms/message\n  off {off:.3f} ms/message")
+    print(f"  ratio {on / off:.3f} ({(on / off - 1) * 100:+.1f} %)")
 
 
 if __name__ == "__main__":

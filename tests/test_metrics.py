@@ -4,6 +4,7 @@ parsed with prometheus_client's own parser. Then who may scrape, and the switch.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from apiserver import API_TOML, LOOPBACK, ApiServer
+from conftest import ROOT
 from dovecot import Dovecot
 from prometheus_client.parser import text_string_to_metric_families
 from smtp_helpers import daemon_process, free_port
@@ -159,7 +161,15 @@ def test_only_allowed_networks_scrape_without_a_token(make_api: Any) -> None:
     assert httpx.get(url, headers=token).status_code == 200
     from_allowed = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(transport=from_allowed) as client:
-        assert client.get(url).status_code == 200
+        text = client.get(url).text
+    # Every series the shipped Grafana dashboard queries is one emaild exposes.
+    families = {f.name for f in text_string_to_metric_families(text)}
+    dashboard = (ROOT / "contrib" / "grafana" / "emaild-dashboard.json").read_text()
+    used = set(re.findall(r"\b((?:emaild|process)_[a-z_]+)", dashboard))
+    assert len(used) > 15
+    for name in sorted(used):
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert name in families or base in families, f"{name} is not exposed"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
