@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,8 @@ class AlertsComponent:
     def __init__(self, app: App) -> None:
         self.app = app
         self.host: Host | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self, host: Host) -> None:
         self.host = host
@@ -64,18 +67,23 @@ class AlertsComponent:
     async def run_once(self) -> None:
         """One check in the worker pool; errors are logged, never raised."""
         assert self.host is not None
+        self._idle.clear()
         try:
             await self.host.run_sync(run_check, self.app, self.host.channel_names())
         except EmaildError as exc:  # the database is down: the next run tries again
             log.warning("alerts.check_failed", error=str(exc))
         except Exception as exc:
             log.error("alerts.check_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        finally:
+            self._idle.set()
 
     async def stop(self) -> None:
+        """Remove the job and let a check in progress finish (the daemon bounds the wait)."""
         if self.host is not None:
             scheduler: Any = self.host.scheduler
             if scheduler.get_job(JOB_ID) is not None:
                 scheduler.remove_job(JOB_ID)
+        await self._idle.wait()
 
 
 def alerts_component(app: App) -> AlertsComponent:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
 from emaild.channels.smtp.channel import parse_listen
 from emaild.component import Host
@@ -62,6 +63,7 @@ class HttpComponent:
         if ops_only:
             self.name = "metrics"
         self.server: _Server | None = None
+        self.api: FastAPI | None = None
         self.task: asyncio.Task[Any] | None = None
         # systemd's socket (FileDescriptorName=http), else bound in ``start``.
         self.sock: socket.socket | None = sock
@@ -82,8 +84,9 @@ class HttpComponent:
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         http = self.app.config.http
+        self.api = (create_ops_app if self.ops_only else create_app)(self.app, host.run_sync, host)
         config = uvicorn.Config(
-            (create_ops_app if self.ops_only else create_app)(self.app, host.run_sync, host),
+            self.api,
             lifespan="off",
             http="h11",
             log_config=None,
@@ -117,6 +120,8 @@ class HttpComponent:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        if self.api is not None:
+            self.api.state.emaild.ops.readiness.close()
 
 
 def http_component(app: App, inherited: Sequence[InheritedSocket] = ()) -> HttpComponent | None:

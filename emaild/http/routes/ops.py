@@ -19,7 +19,9 @@ from emaild.http.ops import allowed
 from emaild.http.problems import Problem
 from emaild.observe.exposition import CONTENT_TYPE, render
 
-router = APIRouter(tags=["operations"])
+# Not part of the API's OpenAPI document: operations endpoints, for machines that
+# speak their own conventions (Prometheus text, a status code).
+router = APIRouter(tags=["operations"], include_in_schema=False)
 Ctx = Annotated[ApiContext, Depends(api)]
 _READ = require("read")
 
@@ -30,7 +32,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; the reasons are listed"}})
+@router.get("/readyz")
 async def readyz(ctx: Ctx) -> JSONResponse:
     """Readiness: database reachable, listeners up, no channel failing past its threshold."""
     assert ctx.ops is not None
@@ -39,11 +41,7 @@ async def readyz(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body, status_code=503 if problems else 200)
 
 
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}, 401: {}, 404: {}},
-)
+@router.get("/metrics", response_class=Response)
 async def metrics_text(request: Request, ctx: Ctx) -> Response:
     """Prometheus text exposition (README: Metrics, health and alerts)."""
     settings = ctx.app.config.metrics
