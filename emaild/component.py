@@ -35,7 +35,7 @@ class Host(Protocol):
         ...
 
     def channel_names(self) -> set[str]:
-        """The ``channel_status`` names of the channels this daemon runs."""
+        """The ``channel_status`` names of the channels this daemon watches (alerts)."""
         ...
 
 

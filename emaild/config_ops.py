@@ -47,8 +47,8 @@ class AlertsConfig(Section):
     # and logs only.
     admin_address: str = ""
     # A channel failing this long (IMAP login refused, server or relay
-    # unreachable, a forwarding self-test failing) is alerted on, and makes
-    # /readyz answer 503.
+    # unreachable, a forwarding self-test failing) is alerted on; an IMAP
+    # mailbox failing this long also makes /readyz answer 503.
     alert_after_seconds: Annotated[float, Field(ge=0)] = 600.0
     # How often channel health is looked at.
     check_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0

@@ -110,11 +110,10 @@ class Daemon:
         return out
 
     def channel_names(self) -> set[str]:
-        """Health row names of this daemon's channels: listeners, mailboxes, relay, tests."""
-        names = monitored_channels(self.app.config)
-        if self.smtp is not None:
-            names |= {listener.health.name for listener in self.smtp.listeners}
-        return names
+        """Health row names of the channels this daemon retries on its own: mailboxes,
+        the relay, forwarding self-tests. (A listener fails per message and only a
+        later message clears it: ``problems`` and the database probe cover it.)"""
+        return monitored_channels(self.app.config)
 
     # --- lifecycle -------------------------------------------------------------
     def run(self) -> int:

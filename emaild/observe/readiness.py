@@ -4,8 +4,10 @@ Ready means all of: the database runs a write transaction within
 ``PROBE_SECONDS`` (on SQLite through the same writer queue mail takes, so a
 database locked by another process counts as unreachable); the daemon's
 listeners serve and no component failed to start (``Host.problems``); and
-none of the daemon's channels has been failing for longer than
+none of the daemon's IMAP mailboxes has been failing for longer than
 ``[alerts] alert_after_seconds`` (the same threshold that sends a notice).
+The relay and the forwarding self-tests are alerted on, but say nothing
+about whether this daemon can take mail, so they leave it ready.
 Probes share one database check at a time, in a thread of their own, so a
 hanging database never piles up threads or blocks the event loop.
 """
@@ -26,6 +28,8 @@ from emaild.observe.figures import FiguresCache
 from emaild.store.database import Database
 
 PROBE_SECONDS = 3.0
+# Channels that bring mail in and retry on their own (their health clears itself).
+INTAKE_KINDS = ("imap",)
 
 
 def _probe(db: Database) -> None:
@@ -68,6 +72,8 @@ class Readiness:
         wanted = self.channel_names() if self.channel_names is not None else None
         limit = self.alert_after()
         for channel in figures.channels:
+            if channel.kind not in INTAKE_KINDS:
+                continue
             if wanted is not None and channel.name not in wanted:
                 continue
             failing = channel.failing_for(figures.taken_at)
