@@ -20,10 +20,20 @@ from pydantic import (
 )
 
 from emaild.config_base import MiB, Section
+from emaild.config_ops import AlertsConfig, ForwardingTestConfig, MetricsConfig
 from emaild.config_retention import RetentionConfig
 from emaild.config_trust import SpamConfig, TrustConfig
 
-__all__ = ["MiB", "RetentionConfig", "Section", "SpamConfig", "TrustConfig"]
+__all__ = [
+    "AlertsConfig",
+    "ForwardingTestConfig",
+    "MetricsConfig",
+    "MiB",
+    "RetentionConfig",
+    "Section",
+    "SpamConfig",
+    "TrustConfig",
+]
 
 Priority = Literal["Low", "Medium", "High", "Urgent"]
 PRIORITIES: tuple[str, ...] = ("Low", "Medium", "High", "Urgent")
@@ -385,6 +395,9 @@ class Config(Section):
     trust: TrustConfig = TrustConfig()
     spam: SpamConfig = SpamConfig()
     retention: RetentionConfig = RetentionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    forwarding_test: list[ForwardingTestConfig] = []
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -29,6 +30,7 @@ from emaild.config import Config
 from emaild.errors import InputError, TransientError
 from emaild.intake import Envelope, IngestResult, Outcome
 from emaild.mime.prescan import OverLimit, quick_message_id
+from emaild.observe import metrics
 from emaild.pipeline.context import IngestContext
 from emaild.pipeline.stages import STAGES, Stage
 from emaild.services import Services
@@ -88,6 +90,28 @@ class Pipeline:
         outcome (the IMAP poller advances its cursor there). With ``store``
         false nothing is written (``emaild rules test``).
         """
+        if not store:
+            return self._ingest(raw, envelope, store=False, also=also)
+        started = time.perf_counter()
+        try:
+            result = self._ingest(raw, envelope, store=True, also=also)
+        except TransientError:
+            metrics.message(envelope.channel, "tempfail", time.perf_counter() - started)
+            raise
+        except InputError:
+            metrics.message(envelope.channel, "invalid", time.perf_counter() - started)
+            raise
+        metrics.message(envelope.channel, result.outcome.value, time.perf_counter() - started)
+        return result
+
+    def _ingest(
+        self,
+        raw: bytes,
+        envelope: Envelope,
+        *,
+        store: bool,
+        also: Callable[[Session], None] | None,
+    ) -> IngestResult:
         if not raw or raw.isspace():  # strip() would copy a 35 MB message
             raise InputError("empty message")
         services = self.services  # one configuration for the whole message
@@ -296,7 +320,14 @@ class _StageFailed(Exception):
 
 
 def _run_stage(stage: Stage, ctx: IngestContext) -> None:
-    _guarded(stage.name, stage, ctx)
+    if not metrics.enabled():
+        _guarded(stage.name, stage, ctx)
+        return
+    started = time.perf_counter()
+    try:
+        _guarded(stage.name, stage, ctx)
+    finally:
+        metrics.stage(stage.name, time.perf_counter() - started)
 
 
 def _guarded(name: str, call: Callable[[IngestContext], None], ctx: IngestContext) -> None:

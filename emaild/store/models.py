@@ -271,6 +271,33 @@ class ChannelStatus(Base):
     last_failure_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(SafeText(), default="")
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # Since when the channel fails without a success between (None: it works).
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ChannelAlert(Base):
+    """What ``emaild.alerts`` last said about a channel: kept so a restart says it once."""
+
+    __tablename__ = "channel_alerts"
+
+    name: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
+    # "failing": a failure notice went out and no recovery since; "ok" otherwise.
+    state: Mapped[str] = mapped_column(SafeString(16), default="ok")
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    # The last failure notice (at most one per channel per hour).
+    notified_at: Mapped[datetime | None] = mapped_column(default=None)
+    changed_at: Mapped[datetime]
+
+
+class OpsEvent(Base):
+    """An operational event (``channel.failing``, ``channel.recovered``): ``emaild.alerts.emit``."""
+
+    __tablename__ = "ops_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(SafeString(32), index=True)
+    at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ManagedAddress(Base):

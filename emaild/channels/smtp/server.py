@@ -47,6 +47,7 @@ from emaild.channels.smtp.replies import (
 from emaild.channels.smtp.timeouts import AdaptiveTimeout
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import InputError, TransientError
+from emaild.observe import metrics
 from emaild.pipeline import Envelope, IngestResult
 from emaild.text import one_line
 
@@ -165,6 +166,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
             transport.write(reply.encode("ascii") + b"\r\n")
             transport.close()
             channel.refused += 1
+            metrics.smtp_reply(self.listener.kind, reply)
             return
         self._counted = True
         channel.session_started(self)
@@ -195,6 +197,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
         if isinstance(status, str):
             status = enhanced(status)
         await super().push(status)  # type: ignore[misc]
+        metrics.smtp_reply(self.listener.kind, status)
         # Draining: once the transaction in progress is answered, say goodbye.
         if self.listener.channel.closing and not self.in_transaction():
             await self.goodbye()
@@ -211,6 +214,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
             return
         self._said_goodbye = True
         this._writer.write(reply.encode("ascii") + b"\r\n")
+        metrics.smtp_reply(self.listener.kind, reply)
         with contextlib.suppress(ConnectionError):
             await this._writer.drain()
         if this.transport is not None:
@@ -225,6 +229,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
             self._said_goodbye = True
             with contextlib.suppress(Exception):
                 this.transport.write(SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            metrics.smtp_reply(self.listener.kind, SHUTTING_DOWN)
         this.transport.close()
 
     async def _check_login(self, login: bytes, password: bytes) -> Any:
