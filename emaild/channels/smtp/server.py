@@ -22,7 +22,8 @@ from emaild.accept_from import sender_allowed
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.anvil import Anvil
 from emaild.channels.smtp.auth import AuthMixin
-from emaild.channels.smtp.budget import DataBudget, guard_data, settle
+from emaild.channels.smtp.budget import TOO_MUCH_IN_FLIGHT, DataBudget
+from emaild.channels.smtp.data import SpooledMessage, install_data
 from emaild.channels.smtp.guard import guard_commands
 from emaild.channels.smtp.replies import (
     BUSY,
@@ -48,6 +49,7 @@ from emaild.channels.smtp.timeouts import AdaptiveTimeout
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import InputError, TransientError
 from emaild.pipeline import Envelope, IngestResult
+from emaild.store.blobs import Spool
 from emaild.text import one_line
 
 log = structlog.get_logger("emaild.smtp")
@@ -84,7 +86,9 @@ class ChannelHost(Protocol):
 
     def admit(self) -> bool: ...
 
-    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult: ...
+    def new_spool(self) -> Spool: ...
+
+    async def ingest(self, message: SpooledMessage, envelope: Envelope) -> IngestResult: ...
 
     async def lookup(self, address: str) -> RoutingAddress | None: ...
 
@@ -260,7 +264,7 @@ class SmtpSession(SessionMixin, SMTP):
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
         guard_commands(self)
-        guard_data(self)
+        install_data(self)
 
 
 class LmtpSession(SessionMixin, LMTP):
@@ -271,7 +275,7 @@ class LmtpSession(SessionMixin, LMTP):
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
         guard_commands(self)
-        guard_data(self)
+        install_data(self)
 
 
 # --- handler: the aiosmtpd hooks ------------------------------------------------------
@@ -331,7 +335,7 @@ class IntakeHandler:
         return RCPT_OK
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw: bytes = envelope.original_content or b""
+        message: SpooledMessage = server.spooled  # set by data.data_command
         recipients = tuple(envelope.rcpt_tos)
         env = Envelope(
             channel=self.listener.kind,
@@ -340,18 +344,17 @@ class IntakeHandler:
             peer=server.record.peer,
             helo=server.record.helo,
         )
-        reply, result = await self.listener.store(raw, env)
+        reply, result = await self.listener.store(message, env)
         server.record.messages.append(
             {
                 "from": env.mail_from,
                 "to": list(recipients),
-                "size": len(raw),
+                "size": message.size,
                 "reply": reply,
                 "outcome": result.outcome.value if result else None,
                 "case": result.case_number if result else None,
             }
         )
-        settle(server)  # the message is stored or refused: its bytes are no longer in flight
         if self.listener.kind == "lmtp":
             # RFC 2033 4.2: one reply per successful RCPT, in order. The message
             # is stored once for all of them, so they share its outcome.
@@ -405,19 +408,25 @@ class Listener:
         }
         return (LmtpSession if self.kind == "lmtp" else SmtpSession)(self, **kwargs)
 
-    async def store(self, raw: bytes, envelope: Envelope) -> tuple[str, IngestResult | None]:
-        """Run the pipeline for one message; the reply to send and the result."""
+    async def store(
+        self, message: SpooledMessage, envelope: Envelope
+    ) -> tuple[str, IngestResult | None]:
+        """Run the pipeline for one received message; the reply to send and the result."""
         channel = self.channel
         if not channel.admit():
             return BUSY, None
         timeout = channel.config().limits.pipeline_timeout_seconds
         try:
-            result = await asyncio.wait_for(channel.ingest(raw, envelope), timeout)
+            result = await asyncio.wait_for(channel.ingest(message, envelope), timeout)
         except TransientError as exc:
             self.health.failure(str(exc))
             channel.tempfailed += 1
             return TEMPFAIL, None
         except TimeoutError:
+            if message.waiting_for_budget and not message.admitted:
+                # Never loaded: the memory budget stayed full (budget.py).
+                channel.tempfailed += 1
+                return TOO_MUCH_IN_FLIGHT, None
             # The worker may still commit later; the retry is then a duplicate,
             # stored once (contract 2). What must never happen is a 250 before.
             self.health.failure(f"pipeline took longer than {timeout}s")
