@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import random
 import smtplib
+import socket
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -46,7 +48,13 @@ def big_message(n: int, size: int, seed: int = 0) -> bytes:
 
     Each ``n`` gets its own Message-ID and attachment bytes (fixed by ``seed``).
     """
-    head = (
+    head = big_head(n, seed)
+    return head + attachment(size - len(head), seed * 1_000_003 + n)
+
+
+def big_head(n: int, seed: int = 0) -> bytes:
+    """The header block and first parts of ``big_message`` up to the attachment's body."""
+    return (
         f"From: big{n}@customer.test\r\nTo: support@example.com\r\nSubject: big {n}\r\n"
         f"Message-ID: <big-{seed}-{n}@customer.test>\r\nMIME-Version: 1.0\r\n"
         "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
@@ -54,11 +62,52 @@ def big_message(n: int, size: int, seed: int = 0) -> bytes:
         "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
         f'Content-Disposition: attachment; filename="logs{n}.bin"\r\n\r\n'
     ).encode()
+
+
+def attachment(size: int, seed: int) -> bytes:
+    """About ``size`` bytes of base64 (76 characters and CRLF a line) and the closing delimiter."""
     # base64 of k bytes is 4k/3 characters plus a CRLF per 76 of them.
-    payload_bytes = (size - len(head) - 200) * 57 // 78
-    data = random.Random(seed * 1_000_003 + n).randbytes(payload_bytes)
-    payload = base64.encodebytes(data).replace(b"\n", b"\r\n")
-    return head + payload + b"--zz--\r\n"
+    data = random.Random(seed).randbytes((size - 200) * 57 // 78)
+    return base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--zz--\r\n"
+
+
+def send_raw(port: int, pieces: Sequence[bytes], timeout: float = 120) -> tuple[int, str]:
+    """One SMTP transaction sending ``b"".join(pieces)`` as is (no line may start with a dot).
+
+    Without smtplib's copies and dot-stuffing: many concurrent senders of big
+    messages cost the test process little. Returns the reply to DATA.
+    """
+    size = sum(len(p) for p in pieces)
+    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
+        replies = sock.makefile("rb")
+
+        def reply() -> tuple[int, str]:
+            while True:
+                line = replies.readline().decode("ascii", "replace")
+                if not line:
+                    return 0, "<closed>"
+                if line[3:4] != "-":
+                    return int(line[:3]), line.strip()
+
+        code, text = reply()
+        for command in (
+            b"EHLO client.test",
+            b"MAIL FROM:<a@customer.test> SIZE=%d" % size,
+            b"RCPT TO:<support@example.com>",
+            b"DATA",
+        ):
+            if code >= 400:
+                return code, text
+            sock.sendall(command + b"\r\n")
+            code, text = reply()
+        if code != 354:
+            return code, text
+        for piece in pieces:
+            sock.sendall(piece)
+        sock.sendall(b".\r\n")
+        code, text = reply()
+        sock.sendall(b"QUIT\r\n")
+        return code, text
 
 
 def send_concurrently(

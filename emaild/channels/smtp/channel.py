@@ -14,10 +14,10 @@ import structlog
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.anvil import Anvil, AuthThrottle
 from emaild.channels.smtp.auth import security_settings, verify_password
-from emaild.channels.smtp.budget import DataBudget
+from emaild.channels.smtp.budget import DataBudget, cost
 from emaild.channels.smtp.data import SpooledMessage
-from emaild.channels.smtp.peers import PeerShares
-from emaild.channels.smtp.server import Kind, Listener, SessionMixin, peer_label
+from emaild.channels.smtp.peers import PeerShares, peer_label
+from emaild.channels.smtp.server import Kind, Listener, SessionMixin
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import ConfigError
 from emaild.pipeline import Envelope, IngestResult
@@ -187,7 +187,7 @@ class SmtpChannel:
         with self._pending_lock:
             self._pending += 1
         host = envelope.peer.rpartition(":")[0].strip("[]") if envelope.peer else ""
-        size = message.size
+        size = cost(message.size)
         try:
             if host:
                 await self.peers.acquire(host, self._peer_share())

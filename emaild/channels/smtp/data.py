@@ -206,6 +206,7 @@ async def data_command(session: Any, arg: str | None) -> None:
             session._writer.close()
             return
         if dots.refusal:
+            spool.discard()  # before the reply: nothing of it is left once answered
             session.record.rejected.append({"data": str(dots.size), "reply": dots.refusal})
             session._set_post_data_state()
             await session.push(dots.refusal)

@@ -25,6 +25,7 @@ from emaild.channels.smtp.auth import AuthMixin
 from emaild.channels.smtp.budget import TOO_MUCH_IN_FLIGHT, DataBudget
 from emaild.channels.smtp.data import SpooledMessage, install_data
 from emaild.channels.smtp.guard import guard_commands
+from emaild.channels.smtp.peers import peer_host, peer_label
 from emaild.channels.smtp.replies import (
     BUSY,
     DISABLED_REJECT,
@@ -93,21 +94,6 @@ class ChannelHost(Protocol):
     async def lookup(self, address: str) -> RoutingAddress | None: ...
 
     async def check_password(self, user: str, password: bytes, host: str = "") -> bool: ...
-
-
-def peer_host(address: Any) -> str:
-    """The host part of a socket address (the client's IP address)."""
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return str(address)
-
-
-def peer_label(address: Any) -> str:
-    """``host:port`` (``[v6]:port``) of a socket address, for logs and health."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address)
 
 
 # --- per-session record, logged once when the session ends ---------------------------
