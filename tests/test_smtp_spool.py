@@ -113,19 +113,34 @@ def test_dot_reader_limits_count_like_aiosmtpd() -> None:
     assert dots.refusal == TOO_MUCH
 
 
-def _reply(sock: socket.socket) -> str:
-    data = b""
-    while not any(len(x) > 3 and x[3:4] == b" " for x in data.split(b"\r\n")[:-1]):
-        chunk = sock.recv(4096)
-        assert chunk, data
-        data += chunk
-    return data.decode().strip().splitlines()[-1]
+class Client:
+    """A raw SMTP connection; replies are read line by line (pipelined ones kept apart)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, 10)
+        self.sock.settimeout(20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+
+    def reply(self) -> str:
+        while True:
+            line = self.file.readline().decode()
+            assert line, "connection closed"
+            if line[3:4] != "-":
+                return line.strip()
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
 
 
-def _transaction(sock: socket.socket) -> None:
+def _transaction(client: Client) -> None:
     for line in (b"MAIL FROM:<a@customer.test>", b"RCPT TO:<support@example.com>", b"DATA"):
-        sock.sendall(line + b"\r\n")
-        assert _reply(sock)[:3] in ("250", "354"), line
+        client.send(line + b"\r\n")
+        assert client.reply()[:3] in ("250", "354"), line
 
 
 def _spools(app: App) -> list[str]:
@@ -144,31 +159,29 @@ def test_data_sent_in_awkward_pieces_is_stored_exactly_and_limits_keep_the_sessi
     )
     wire = message.replace(b"\r\n.", b"\r\n..") + b".\r\nQUIT\r\n"
     with running_listener(app) as running:
-        sock = socket.create_connection(running.address, 10)
-        sock.settimeout(20)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assert _reply(sock).startswith("220")
-        sock.sendall(b"EHLO client.test\r\n")
-        assert _reply(sock).startswith("250")
+        sock = Client(running.address)
+        assert sock.reply().startswith("220")
+        sock.send(b"EHLO client.test\r\n")
+        assert sock.reply().startswith("250")
         # Over-long line: 500 after the final dot; the session goes on.
         _transaction(sock)
-        sock.sendall(b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n.\r\n")
-        assert _reply(sock) == "500 5.5.2 Line too long"
+        sock.send(b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n.\r\n")
+        assert sock.reply() == "500 5.5.2 Line too long"
         # Too much: 552 after the final dot, the body thrown away as it arrived.
         _transaction(sock)
-        sock.sendall(b"Subject: x\r\n\r\n" + (b"z" * 98 + b"\r\n") * 3500 + b".\r\n")
-        assert _reply(sock).startswith("552 5.3.4")
+        sock.send(b"Subject: x\r\n\r\n" + (b"z" * 98 + b"\r\n") * 3500 + b".\r\n")
+        assert sock.reply().startswith("552 5.3.4")
         assert _spools(app) == []
         # The real message, cut at CR | LF | dot, with QUIT pipelined after the dot.
         _transaction(sock)
         pos = 0
         for at in [i + k for i in range(0, len(wire), 4099) for k in (0, 1, 2)][1:]:
-            sock.sendall(wire[pos:at])
+            sock.send(wire[pos:at])
             pos = at
             time.sleep(0.001)
-        sock.sendall(wire[pos:])
-        assert _reply(sock).startswith("250 2.0.0")
-        assert _reply(sock).startswith("221")
+        sock.send(wire[pos:])
+        assert sock.reply().startswith("250 2.0.0")
+        assert sock.reply().startswith("221")
         sock.close()
     with app.db.session() as s:
         row = s.scalars(select(Message).where(Message.message_id == "<spool-1@customer.test>"))
@@ -209,13 +222,12 @@ def test_spool_left_by_a_killed_daemon_is_removed_when_it_starts_again(tmp_path:
     daemon = DaemonProcess(env, tmp_path)
     try:
         daemon.start()
-        sock = socket.create_connection(("127.0.0.1", daemon.smtp_port), 10)
-        sock.settimeout(10)
-        assert _reply(sock).startswith("220")
-        sock.sendall(b"EHLO client.test\r\n")
-        assert _reply(sock).startswith("250")
+        sock = Client(("127.0.0.1", daemon.smtp_port))
+        assert sock.reply().startswith("220")
+        sock.send(b"EHLO client.test\r\n")
+        assert sock.reply().startswith("250")
         _transaction(sock)
-        sock.sendall(b"Subject: half\r\n\r\n" + b"half a message\r\n" * 1000)
+        sock.send(b"Subject: half\r\n\r\n" + b"half a message\r\n" * 1000)
         deadline = time.monotonic() + 10
         while not (tmp.is_dir() and any(p.stat().st_size for p in tmp.glob("spool-*"))):
             assert time.monotonic() < deadline, "no spool file appeared"
