@@ -78,6 +78,7 @@ def test_one_big_message_costs_at_most_one_and_a_half_times_its_size(daemon: Dae
     reset_peak(daemon.pid)
     code, text = send_raw(daemon.port, [raw])
     grown = peak(daemon.pid) - idle
+    print(f"one message of {len(raw) / MiB:.1f} MiB: peak {grown / MiB:.1f} MiB over idle")
     assert code == 250, text
     assert daemon.stored(hashlib.sha256(raw).hexdigest()) == raw
     # Before spooling: about 2.8x while received, plus the pipeline's copy.
@@ -106,7 +107,10 @@ def test_concurrent_big_messages_stay_within_the_budget(daemon: Daemon) -> None:
     for t in threads:
         t.join(120)
     grown = peak(daemon.pid) - idle
-    print(f"{CLIENTS} x {SIZE / MiB:.0f} MiB: {time.monotonic() - started:.1f} s")
+    print(
+        f"{CLIENTS} x {SIZE / MiB:.0f} MiB: {time.monotonic() - started:.1f} s, "
+        f"peak {grown / MiB:.0f} MiB over idle {idle / MiB:.0f} MiB"
+    )
     assert sorted(results) == list(heads)
     stored = 0
     for n, (code, text) in results.items():

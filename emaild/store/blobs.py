@@ -89,8 +89,8 @@ class BlobStore:
                 # The data and what reading it needs (its size); the name is made
                 # durable by the directory's fsync after the rename.
                 os.fdatasync(fh.fileno())
-            sha = digest.hexdigest()
-            self.publish_temp(tmp, sha)
+                sha = digest.hexdigest()
+                self.publish_temp(tmp, sha)  # still open: still locked
         except OSError as exc:
             _unlink(tmp)
             raise TransientError(f"blob store write failed: {exc}") from exc
