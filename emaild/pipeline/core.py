@@ -80,6 +80,7 @@ class Pipeline:
         *,
         store: bool = True,
         also: Callable[[Session], None] | None = None,
+        stored_sha256: str = "",
     ) -> IngestResult:
         """Store ``raw`` as a case, an appended message, or a quarantine entry.
 
@@ -88,7 +89,9 @@ class Pipeline:
         acknowledge) and ``InputError`` for input that is not mail at all.
         ``also`` runs in the same transaction just before commit, whatever the
         outcome (the IMAP poller advances its cursor there). With ``store``
-        false nothing is written (``emaild rules test``).
+        false nothing is written (``emaild rules test``). ``stored_sha256``
+        says the caller already stored ``raw`` durably as that blob (the SMTP
+        spool): it is not hashed and written again.
         """
         if not store:
             return self._ingest(raw, envelope, store=False, also=also)
@@ -118,7 +121,9 @@ class Pipeline:
         limit = services.config.limits.max_message_bytes
         if len(raw) > limit:
             raise InputError(f"message is {len(raw)} bytes, over the {limit} byte limit")
-        if store:
+        if store and stored_sha256:
+            raw_sha = stored_sha256
+        elif store:
             raw_sha, _ = services.blobs.put(raw)
         else:
             raw_sha = hashlib.sha256(raw).hexdigest()
