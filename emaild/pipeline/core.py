@@ -94,10 +94,10 @@ class Pipeline:
         spool): it is not hashed and written again.
         """
         if not store:
-            return self._ingest(raw, envelope, store=False, also=also)
+            return self._ingest(raw, envelope, store=False, also=also, stored_sha256="")
         started = time.perf_counter()
         try:
-            result = self._ingest(raw, envelope, store=True, also=also)
+            result = self._ingest(raw, envelope, store=True, also=also, stored_sha256=stored_sha256)
         except TransientError:
             metrics.message(envelope.channel, "tempfail", time.perf_counter() - started)
             raise
@@ -114,6 +114,7 @@ class Pipeline:
         *,
         store: bool,
         also: Callable[[Session], None] | None,
+        stored_sha256: str,
     ) -> IngestResult:
         if not raw or raw.isspace():  # strip() would copy a 35 MB message
             raise InputError("empty message")
