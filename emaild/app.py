@@ -8,6 +8,7 @@ from pathlib import Path
 
 from emaild.config import Config
 from emaild.errors import ConfigError
+from emaild.observe import metrics
 from emaild.pipeline.core import Pipeline
 from emaild.services import Services
 from emaild.store.blobs import BlobStore
@@ -43,6 +44,7 @@ class App:
             ) from None
         if not os.access(state, os.W_OK):
             raise ConfigError(f"{state} is not writable", key="storage.state_dir")
+        metrics.set_enabled(config.metrics.enabled)
         db = Database(
             config.database_url,
             busy_timeout=config.storage.busy_timeout_seconds,
@@ -66,6 +68,7 @@ class App:
         services = Services.build(config, self.db, self.blobs, clock=self.services.clock)
         self.config = config
         self.pipeline.services = services
+        metrics.set_enabled(config.metrics.enabled)
 
     def close(self) -> None:
         self.db.dispose()

@@ -30,6 +30,14 @@ class Host(Protocol):
         """Start a background task that lives until shutdown."""
         ...
 
+    def problems(self) -> list[str]:
+        """Why the daemon cannot take mail now (a listener down, stopping); empty if it can."""
+        ...
+
+    def channel_names(self) -> set[str]:
+        """The ``channel_status`` names of the channels this daemon watches (alerts)."""
+        ...
+
 
 class Component(Protocol):
     """Something the daemon runs beside the listeners."""

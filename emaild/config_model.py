@@ -20,10 +20,23 @@ from pydantic import (
 )
 
 from emaild.config_base import MiB, Section
+from emaild.config_ops import AlertsConfig, ForwardingTestConfig, MetricsConfig
+from emaild.config_retention import RetentionConfig
 from emaild.config_trust import SpamConfig, TrustConfig
 from emaild.config_webform import WebConfig, WebformConfig
 
-__all__ = ["MiB", "Section", "SpamConfig", "TrustConfig", "WebConfig", "WebformConfig"]
+__all__ = [
+    "AlertsConfig",
+    "ForwardingTestConfig",
+    "MetricsConfig",
+    "MiB",
+    "RetentionConfig",
+    "Section",
+    "SpamConfig",
+    "TrustConfig",
+    "WebConfig",
+    "WebformConfig",
+]
 
 Priority = Literal["Low", "Medium", "High", "Urgent"]
 PRIORITIES: tuple[str, ...] = ("Low", "Medium", "High", "Urgent")
@@ -130,8 +143,9 @@ class LimitsConfig(Section):
     max_header_recipients: Annotated[int, Field(ge=1)] = 1000
     max_parts: Annotated[int, Field(ge=1)] = 1000
     max_part_depth: Annotated[int, Field(ge=1)] = 20
-    # SMTP/LMTP DATA bytes in flight (declared SIZE, else max_message_bytes,
-    # per transfer until answered); over it DATA gets 451 4.3.2.
+    # SMTP/LMTP messages in memory: each received message (spooled on disk)
+    # reserves its size + 6 MiB while a worker holds it; one that does not fit
+    # waits, then gets 451 4.3.2 (channels/smtp/budget.py).
     data_bytes_in_flight: Annotated[int, Field(ge=MiB)] = 128 * MiB
     # The share of the workers one SMTP/LMTP peer address may hold at once.
     peer_worker_share: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -386,6 +400,10 @@ class Config(Section):
     spam: SpamConfig = SpamConfig()
     web: WebConfig = WebConfig()
     webform: list[WebformConfig] = []
+    retention: RetentionConfig = RetentionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    forwarding_test: list[ForwardingTestConfig] = []
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

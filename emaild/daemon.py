@@ -34,6 +34,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from emaild.app import App
+from emaild.channels.health import monitored_channels
 from emaild.channels.smtp import SmtpChannel, security_settings
 from emaild.component import Component
 from emaild.config import load_config
@@ -78,6 +79,7 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.smtp: SmtpChannel | None = None
         self.components: list[Component] = []
+        self.failed_components: list[str] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._signals = 0
@@ -97,6 +99,21 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def problems(self) -> list[str]:
+        """Why this daemon cannot take mail now; empty when it can (``/readyz``)."""
+        out = ["shutting down"] if self._stop.is_set() else []
+        for listener in self.smtp.listeners if self.smtp is not None else []:
+            if listener.server is None or not listener.server.is_serving():
+                out.append(f"{listener.kind} listener {listener.label} is not serving")
+        out += [f"component {name} failed to start" for name in self.failed_components]
+        return out
+
+    def channel_names(self) -> set[str]:
+        """Health row names of the channels this daemon retries on its own: mailboxes,
+        the relay, forwarding self-tests. (A listener fails per message and only a
+        later message clears it: ``problems`` and the database probe cover it.)"""
+        return monitored_channels(self.app.config)
 
     # --- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -164,6 +181,7 @@ class Daemon:
                 raise
             except Exception as exc:
                 # One broken component must not stop mail intake (contract 3).
+                self.failed_components.append(getattr(factory, "__name__", repr(factory)))
                 log.error(
                     "component.start_failed",
                     component=getattr(factory, "__name__", repr(factory)),

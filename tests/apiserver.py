@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from emaild.app import App
 from emaild.casework.tokens import add_token
-from emaild.daemon import Daemon
+from emaild.daemon import ComponentFactory, Daemon
 from emaild.http.server import HttpComponent, http_component
 from emaild.outbox.component import outbox_component
 
@@ -24,9 +25,12 @@ LOOPBACK = {"EMAILD_HTTP_LISTEN": "127.0.0.1:0", "EMAILD_SMTP_LISTEN": "127.0.0.
 
 
 class ApiServer:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, components: Sequence[ComponentFactory] = ()) -> None:
+        """``components``: more to run beside the outbox and the API (IMAP, alerts...)."""
         self.app = app
-        self.daemon = Daemon(app, env={}, components=(outbox_component, http_component))
+        self.daemon = Daemon(
+            app, env={}, components=(outbox_component, *components, http_component)
+        )
         self._thread = threading.Thread(target=self._run, name="api-daemon", daemon=True)
         self._error: list[BaseException] = []
         self.tokens: dict[str, str] = {}
@@ -41,8 +45,11 @@ class ApiServer:
         self._thread.start()
         if not self.daemon.ready.wait(30):
             raise AssertionError(f"daemon not ready: {self._error}")
-        [http] = [c for c in self.daemon.components if isinstance(c, HttpComponent)]
+        [http] = [
+            c for c in self.daemon.components if isinstance(c, HttpComponent) and not c.ops_only
+        ]
         self.base = f"http://127.0.0.1:{http.port}"
+        self.http = http
         now = self.app.pipeline.clock()
         for scope in ("read", "write", "admin"):
             self.tokens[scope] = self.app.db.run(lambda s, sc=scope: add_token(s, sc, sc, now))

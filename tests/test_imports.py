@@ -20,6 +20,8 @@ DOMAIN = (
     "store",
     "trust",
     "webform",
+    "privacy",
+    "reports",
 )
 MAX_MODULE_LINES = 450
 MAX_CLASS_LINES = 300

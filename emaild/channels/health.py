@@ -15,9 +15,23 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from emaild.config import Config
 from emaild.errors import TransientError
 from emaild.store.database import Database
 from emaild.store.models import ChannelStatus
+
+# The outbox's relay, as one channel (emaild.outbox.component records it).
+RELAY_CHANNEL = "relay"
+
+
+def monitored_channels(config: Config) -> set[str]:
+    """The health rows of channels the config asks the daemon to run, besides its
+    SMTP/LMTP listeners (named by their bound address): mailboxes, the relay and
+    the scheduled forwarding self-tests (``emaild.alerts.selftest``)."""
+    names = {f"imap:{box.name}" for box in config.mailbox if box.enabled}
+    names |= {f"fwdtest:{test.address}" for test in config.forwarding_test}
+    names.add(RELAY_CHANNEL)
+    return names
 
 
 @dataclass
@@ -26,6 +40,7 @@ class _Snapshot:
     last_failure_at: datetime | None
     last_error: str
     consecutive_failures: int
+    failing_since: datetime | None
 
 
 class ChannelHealth:
@@ -42,6 +57,7 @@ class ChannelHealth:
         self._last_failure: datetime | None = None
         self._last_error = ""
         self._failures = 0
+        self._failing_since: datetime | None = None
         self._dirty = True  # write the row once at start, so the channel shows up
 
     def success(self, when: datetime | None = None) -> None:
@@ -49,6 +65,7 @@ class ChannelHealth:
         with self._lock:
             self._last_success = when or datetime.now(UTC)
             self._failures = 0
+            self._failing_since = None
             self._dirty = True
 
     def failure(self, error: str, when: datetime | None = None) -> None:
@@ -57,6 +74,8 @@ class ChannelHealth:
             self._last_failure = when or datetime.now(UTC)
             self._last_error = error[:2000]
             self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = self._last_failure
             self._dirty = True
 
     @property
@@ -70,7 +89,11 @@ class ChannelHealth:
             if not self._dirty or not self.persist:
                 return True
             snap = _Snapshot(
-                self._last_success, self._last_failure, self._last_error, self._failures
+                self._last_success,
+                self._last_failure,
+                self._last_error,
+                self._failures,
+                self._failing_since,
             )
             self._dirty = False
         try:
@@ -98,4 +121,15 @@ def _upsert(session: Session, name: str, kind: str, snap: _Snapshot) -> None:
     ):
         row.last_failure_at = snap.last_failure_at
         row.last_error = snap.last_error
+    # A streak that began before this process (a restart while failing) keeps its
+    # start: the alert threshold (emaild.alerts) counts from the first failure.
+    carried = (
+        snap.failing_since is not None
+        and row.failing_since is not None
+        and row.consecutive_failures > 0
+        and row.failing_since < snap.failing_since
+        and (snap.last_success_at is None or snap.last_success_at < row.failing_since)
+    )
+    if not carried:
+        row.failing_since = snap.failing_since
     row.consecutive_failures = snap.consecutive_failures

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from emaild.cli.base import Context, pass_ctx, read_input
 from emaild.cli.output import echo_json
 from emaild.errors import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EmaildError
+
+if TYPE_CHECKING:
+    from emaild.app import App
 
 
 @click.command("ingest")
@@ -53,6 +56,7 @@ def ingest_cmd(
         answer = ingest_pipe(app.pipeline, raw, to=to, mail_from=mail_from)
     except (OSError, SQLAlchemyError) as exc:
         _defer(f"{type(exc).__name__}: {exc}")
+    spool_counts(app)
     if as_json and answer.result is not None:
         r = answer.result
         echo_json(
@@ -69,6 +73,14 @@ def ingest_cmd(
     if answer.stderr:
         click.echo(answer.stderr, err=True)
     sys.exit(answer.exit_code)
+
+
+def spool_counts(app: App) -> None:
+    """Leave this process's message counts for the daemon's ``/metrics``."""
+    from emaild.observe import metrics, spool
+
+    if metrics.enabled():
+        spool.add_counts(spool.spool_path(app.config.state_dir), metrics.local_message_counts())
 
 
 def _defer(why: str) -> NoReturn:
@@ -97,6 +109,7 @@ def import_cmd(ctx: Context, to: str, as_json: bool, verbose: bool, path: Path) 
         for label, raw in iter_messages(path):
             import_one(app.pipeline, label, raw, summary, to=to)
             bar.update(1)
+    spool_counts(app)
     if as_json:
         echo_json(summary.as_json())
     else:

@@ -27,10 +27,13 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     the HTTP API on http.listen (env EMAILD_HTTP_LISTEN), or on the sockets
     systemd passes (socket activation).
     """
+    from emaild.alerts.component import alerts_component
+    from emaild.alerts.selftest import selftest_component
     from emaild.channels.imap.component import imap_component
     from emaild.daemon import ComponentFactory, Daemon
-    from emaild.http.server import http_component
+    from emaild.http.server import http_component, metrics_component
     from emaild.outbox.component import outbox_component
+    from emaild.privacy.component import retention_component
     from emaild.systemd import listen_fds
     from emaild.verification.release import ReleaseJob
     from emaild.webform.cap import release_job
@@ -49,6 +52,10 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
         lambda app: ReleaseJob(app.pipeline.release_held),
         imap_component,
         release_job,
+        retention_component,
+        alerts_component,
+        selftest_component,
+        metrics_component,
         lambda app: http_component(app, sockets),
     )
     daemon = Daemon(

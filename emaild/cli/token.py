@@ -20,7 +20,7 @@ def token_group() -> None:
     type=click.Choice(["read", "write", "admin"]),
     default="read",
     show_default=True,
-    help="read: look; write: change cases and reply; admin: also quarantine retry.",
+    help="read: look; write: change cases and reply; admin: also quarantine retry, erase, export.",
 )
 @pass_ctx
 def add_cmd(ctx: Context, name: str, scope: str) -> None:

@@ -1,4 +1,5 @@
-"""The FastAPI application: routers under ``/api/v1``, problem details, body limit.
+"""The FastAPI application: routers under ``/api/v1``, problem details, body limit;
+``/metrics``, ``/healthz`` and ``/readyz`` at the root.
 
 Web-to-Case (``/web-to-case``) lives beside the API, without a token; its
 bodies are streamed (``emaild.http.webform_body`` bounds them per form).
@@ -12,8 +13,10 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emaild.app import App
+from emaild.component import Host
 from emaild.http import problems
 from emaild.http.context import ApiContext, RunSync
+from emaild.http.ops import OpsState
 from emaild.http.problems import problem_response
 
 PREFIX = "/api/v1"
@@ -65,9 +68,13 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
-    """The API for ``app``; ``run_sync`` runs blocking work (the daemon's worker pool)."""
-    from emaild.http.routes import admin, cases, files, intake, webform
+def create_app(app: App, run_sync: RunSync | None = None, host: Host | None = None) -> FastAPI:
+    """The API for ``app``; ``run_sync`` runs blocking work (the daemon's worker pool).
+
+    ``/metrics``, ``/healthz`` and ``/readyz`` are served at the root too, unless
+    ``[metrics] listen`` gives them a listener of their own (``create_ops_app``).
+    """
+    from emaild.http.routes import admin, cases, files, intake, ops, privacy, reports, webform
     from emaild.http.webform_gate import RateGate, WebState
 
     api = FastAPI(
@@ -78,17 +85,35 @@ def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
         docs_url=f"{PREFIX}/docs",
         redoc_url=None,
     )
-    context: dict[str, Any] = {"app": app}
-    if run_sync is not None:
-        context["run_sync"] = run_sync
-    api.state.emaild = ApiContext(**context)
+    _install_context(api, app, run_sync, host)
     problems.install(api)
     v1 = APIRouter(prefix=PREFIX)
-    for module in (cases, intake, files, admin):
+    for module in (cases, intake, files, admin, privacy, reports):
         v1.include_router(module.router)
     api.include_router(v1)
+    if not app.config.metrics.listen:
+        api.include_router(ops.router)
     api.state.webform = WebState()
     api.include_router(webform.router)
     api.add_middleware(RateGate, emaild=app, state=api.state.webform)
     api.add_middleware(BodyLimit, emaild=app)
     return api
+
+
+def create_ops_app(app: App, run_sync: RunSync | None = None, host: Host | None = None) -> FastAPI:
+    """Only ``/metrics``, ``/healthz`` and ``/readyz``: for ``[metrics] listen``."""
+    from emaild.http.routes import ops
+
+    api = FastAPI(title="emaild operations", openapi_url=None, docs_url=None, redoc_url=None)
+    _install_context(api, app, run_sync, host)
+    problems.install(api)
+    api.include_router(ops.router)
+    api.add_middleware(BodyLimit, emaild=app)
+    return api
+
+
+def _install_context(api: FastAPI, app: App, run_sync: RunSync | None, host: Host | None) -> None:
+    context: dict[str, Any] = {"app": app, "ops": OpsState.build(app, host)}
+    if run_sync is not None:
+        context["run_sync"] = run_sync
+    api.state.emaild = ApiContext(**context)

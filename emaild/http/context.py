@@ -7,11 +7,14 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fastapi import Request
 
 from emaild.app import App
+
+if TYPE_CHECKING:
+    from emaild.http.ops import OpsState
 
 T = TypeVar("T")
 
@@ -35,6 +38,8 @@ class ApiContext:
 
     app: App
     run_sync: RunSync = _default_run_sync
+    # /metrics and /readyz state (emaild.http.ops), made by the app factory.
+    ops: OpsState | None = None
 
     def now(self) -> datetime:
         return self.app.pipeline.clock()

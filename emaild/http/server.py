@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
 from emaild.channels.smtp.channel import parse_listen
 from emaild.component import Host
@@ -37,15 +38,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(address: str) -> socket.socket:
-    host, port = parse_listen(address, "http.listen")
+def bind(address: str, key: str = "http.listen") -> socket.socket:
+    host, port = parse_listen(address, key)
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=256)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {address}: {exc.strerror}", key="http.listen"
-        ) from None
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror}", key=key) from None
     return sock
 
 
@@ -54,10 +53,17 @@ class HttpComponent:
 
     name = "http"
 
-    def __init__(self, app: App, address: str, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self, app: App, address: str, sock: socket.socket | None = None, *, ops_only: bool = False
+    ) -> None:
         self.app = app
         self.address = address
+        # Only /metrics, /healthz and /readyz ([metrics] listen).
+        self.ops_only = ops_only
+        if ops_only:
+            self.name = "metrics"
         self.server: _Server | None = None
+        self.api: FastAPI | None = None
         self.task: asyncio.Task[Any] | None = None
         # systemd's socket (FileDescriptorName=http), else bound in ``start``.
         self.sock: socket.socket | None = sock
@@ -68,18 +74,19 @@ class HttpComponent:
         return int(self.sock.getsockname()[1])
 
     async def start(self, host: Host) -> None:
-        from emaild.http.app import create_app
+        from emaild.http.app import create_app, create_ops_app
 
         if self.sock is None:
-            self.sock = bind(self.address)
+            self.sock = bind(self.address, "metrics.listen" if self.ops_only else "http.listen")
         # uvicorn writes a response's head and body separately: without NODELAY
         # (accepted sockets inherit it from this one) Nagle holds the body back
         # until the client's delayed ACK, 40 ms on every request.
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         http = self.app.config.http
+        self.api = (create_ops_app if self.ops_only else create_app)(self.app, host.run_sync, host)
         config = uvicorn.Config(
-            create_app(self.app, host.run_sync),
+            self.api,
             lifespan="off",
             http="h11",
             log_config=None,
@@ -98,7 +105,7 @@ class HttpComponent:
             await asyncio.sleep(0.01)
         if self.task.done():
             self.task.result()
-        log.info("http.listening", address=self.label, tls=bool(http.tls_cert))
+        log.info(f"{self.name}.listening", address=self.label, tls=bool(http.tls_cert))
 
     @property
     def label(self) -> str:
@@ -113,6 +120,8 @@ class HttpComponent:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        if self.api is not None:
+            self.api.state.emaild.ops.readiness.close()
 
 
 def http_component(app: App, inherited: Sequence[InheritedSocket] = ()) -> HttpComponent | None:
@@ -124,3 +133,10 @@ def http_component(app: App, inherited: Sequence[InheritedSocket] = ()) -> HttpC
     if not app.config.http.listen:
         return None
     return HttpComponent(app, app.config.http.listen)
+
+
+def metrics_component(app: App) -> HttpComponent | None:
+    """``emaild run`` factory: the operations endpoints on ``[metrics] listen``."""
+    if not app.config.metrics.listen:
+        return None
+    return HttpComponent(app, app.config.metrics.listen, ops_only=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from emaild.channels.health import RELAY_CHANNEL, ChannelHealth
 from emaild.component import Host
 from emaild.errors import EmaildError
 from emaild.outbox.delivery import deliver_due
@@ -35,6 +36,7 @@ class OutboxComponent:
     def __init__(self, app: App) -> None:
         self.app = app
         self.host: Host | None = None
+        self.health = ChannelHealth(RELAY_CHANNEL, "relay")
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -56,7 +58,8 @@ class OutboxComponent:
         assert self.host is not None
         self._idle.clear()
         try:
-            await self.host.run_sync(deliver_due, self.app)
+            await self.host.run_sync(deliver_due, self.app, health=self.health)
+            await self.host.run_sync(self.health.flush, self.app.db)
         except EmaildError as exc:  # the database is down: the next run tries again
             log.warning("outbox.run_failed", error=str(exc))
         except Exception as exc:

@@ -36,6 +36,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from emaild.channels.health import ChannelHealth
 from emaild.clock import utcnow
 from emaild.outbox import queue
 from emaild.outbox.relay import DeliveryFailed, RelaySession, RelayUnavailable
@@ -58,6 +59,7 @@ class DeliveryReport:
     deferred: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     skipped: int = 0  # claimed by another process first
+    sender_refused: int = 0  # 5xx to MAIL FROM: the relay refuses us, not a recipient
     relay_error: str = ""
 
     @property
@@ -89,9 +91,14 @@ def deliver_due(
     ignore_schedule: bool = False,
     limit: int | None = None,
     clock: Callable[[], datetime] = utcnow,
+    health: ChannelHealth | None = None,
 ) -> DeliveryReport:
     """Send every queued item whose time has come (every queued item with
-    ``ignore_schedule``), each at most once in this run; at most ``limit`` items."""
+    ``ignore_schedule``), each at most once in this run; at most ``limit`` items.
+
+    ``health`` (the daemon's) records the relay as a channel: unavailable or
+    refusing our sender is a failure, a message accepted a success.
+    """
     relay = app.config.relay
     report = DeliveryReport()
     worker = worker_name()
@@ -122,7 +129,11 @@ def deliver_due(
                 if item is None:
                     report.skipped += 1  # another process got there first
                     continue
-                if not _deliver_one(app, session, item, worker, report, clock):
+                before = (len(report.sent), report.sender_refused)
+                delivered = _deliver_one(app, session, item, worker, report, clock)
+                if health is not None:
+                    _record_health(health, report, before, delivered)
+                if not delivered:
                     return report  # the relay is unavailable: the rest wait for a later run
     finally:
         session.close()
@@ -135,6 +146,15 @@ def deliver_due(
                 relay_error=report.relay_error,
             )
     return report
+
+
+def _record_health(
+    health: ChannelHealth, report: DeliveryReport, before: tuple[int, int], delivered: bool
+) -> None:
+    if len(report.sent) > before[0]:
+        health.success()
+    elif not delivered or report.sender_refused > before[1]:
+        health.failure(report.relay_error)
 
 
 def _claim(
@@ -174,6 +194,9 @@ def _deliver_one(
             )
         return False
     except DeliveryFailed as exc:
+        if exc.permanent and exc.stage == "mail":
+            report.relay_error = f"relay refuses our sender: {exc}"
+            report.sender_refused += 1
         if exc.permanent:
             _permanent(app, item, worker, exc, report, clock)
             bound.warning("outbox.failed", error=str(exc), suppressed=exc.recipient_fault)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -29,6 +30,7 @@ from emaild.config import Config
 from emaild.errors import InputError, TransientError
 from emaild.intake import Envelope, IngestResult, Outcome
 from emaild.mime.prescan import OverLimit, quick_message_id
+from emaild.observe import metrics
 from emaild.pipeline.context import IngestContext
 from emaild.pipeline.stages import STAGES, Stage
 from emaild.services import Services
@@ -78,6 +80,7 @@ class Pipeline:
         *,
         store: bool = True,
         also: Callable[[Session], None] | None = None,
+        stored_sha256: str = "",
     ) -> IngestResult:
         """Store ``raw`` as a case, an appended message, or a quarantine entry.
 
@@ -86,15 +89,42 @@ class Pipeline:
         acknowledge) and ``InputError`` for input that is not mail at all.
         ``also`` runs in the same transaction just before commit, whatever the
         outcome (the IMAP poller advances its cursor there). With ``store``
-        false nothing is written (``emaild rules test``).
+        false nothing is written (``emaild rules test``). ``stored_sha256``
+        says the caller already stored ``raw`` durably as that blob (the SMTP
+        spool): it is not hashed and written again.
         """
+        if not store:
+            return self._ingest(raw, envelope, store=False, also=also, stored_sha256="")
+        started = time.perf_counter()
+        try:
+            result = self._ingest(raw, envelope, store=True, also=also, stored_sha256=stored_sha256)
+        except TransientError:
+            metrics.message(envelope.channel, "tempfail", time.perf_counter() - started)
+            raise
+        except InputError:
+            metrics.message(envelope.channel, "invalid", time.perf_counter() - started)
+            raise
+        metrics.message(envelope.channel, result.outcome.value, time.perf_counter() - started)
+        return result
+
+    def _ingest(
+        self,
+        raw: bytes,
+        envelope: Envelope,
+        *,
+        store: bool,
+        also: Callable[[Session], None] | None,
+        stored_sha256: str,
+    ) -> IngestResult:
         if not raw or raw.isspace():  # strip() would copy a 35 MB message
             raise InputError("empty message")
         services = self.services  # one configuration for the whole message
         limit = services.config.limits.max_message_bytes
         if len(raw) > limit:
             raise InputError(f"message is {len(raw)} bytes, over the {limit} byte limit")
-        if store:
+        if store and stored_sha256:
+            raw_sha = stored_sha256
+        elif store:
             raw_sha, _ = services.blobs.put(raw)
         else:
             raw_sha = hashlib.sha256(raw).hexdigest()
@@ -296,7 +326,14 @@ class _StageFailed(Exception):
 
 
 def _run_stage(stage: Stage, ctx: IngestContext) -> None:
-    _guarded(stage.name, stage, ctx)
+    if not metrics.enabled():
+        _guarded(stage.name, stage, ctx)
+        return
+    started = time.perf_counter()
+    try:
+        _guarded(stage.name, stage, ctx)
+    finally:
+        metrics.stage(stage.name, time.perf_counter() - started)
 
 
 def _guarded(name: str, call: Callable[[IngestContext], None], ctx: IngestContext) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from emaild.errors import ConfigError, TransientError
+from emaild.observe import metrics
 from emaild.store.group import GroupCommit
 from emaild.store.migrations import SCHEMA_HEAD
 
@@ -96,8 +97,18 @@ class Database:
         """
         if self.group is not None:
             return self.group.run(work)
-        with self.session() as session, session.begin():
-            return work(session)
+        with self.session() as session:
+            session.begin()
+            try:
+                value = work(session)
+                session.flush()
+                started = time.perf_counter()
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            metrics.commit(time.perf_counter() - started)
+            return value
 
     @contextmanager
     def serial_writes(self) -> Iterator[None]:

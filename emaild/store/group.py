@@ -24,6 +24,7 @@ What stays true for each unit, as if it ran alone:
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -33,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from emaild.errors import TransientError
+from emaild.observe import metrics
 
 T = TypeVar("T")
 # A bound on one transaction's size; the pipeline's worker pool bounds it anyway.
@@ -162,7 +164,9 @@ class GroupCommit:
                     unit.error = exc
                 finally:
                     session.expunge_all()
+            started = time.perf_counter()
             session.commit()
+            metrics.commit(time.perf_counter() - started)
         except BaseException:
             session.rollback()
             raise

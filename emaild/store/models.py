@@ -80,9 +80,9 @@ class Case(Base):
     mentioned_number: Mapped[int | None] = mapped_column(Integer, default=None)
     loop_count: Mapped[int] = mapped_column(Integer, default=0)
     auto_responses: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]
-    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     # Bumped by every change through emaild.casework: the API's ETag, and the
     # compare-and-set that keeps two agents from overwriting each other.
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -142,7 +142,8 @@ class Message(Base):
     html: Mapped[str] = mapped_column(SafeText(), default="")
     new_text: Mapped[str] = mapped_column(SafeText(), default="")
     headers: Mapped[list[Any]] = mapped_column(default=list)
-    raw_sha256: Mapped[str] = mapped_column(SafeString(64))
+    # Empty once retention removed the raw bytes (emaild.privacy.retention).
+    raw_sha256: Mapped[str] = mapped_column(SafeString(64), index=True)
     raw_size: Mapped[int] = mapped_column(BigInteger)
     channel: Mapped[str] = mapped_column(SafeString(32), default="")
     envelope_from: Mapped[str] = mapped_column(SafeString(320), default="")
@@ -176,6 +177,7 @@ class Attachment(Base):
     content_id: Mapped[str] = mapped_column(SafeString(998), default="")
     disposition: Mapped[str] = mapped_column(SafeString(32), default="attachment")
     size: Mapped[int] = mapped_column(BigInteger)
+    # Empty once retention removed the bytes (the row stays as a record).
     sha256: Mapped[str] = mapped_column(SafeString(64), index=True)
 
     message: Mapped[Message] = relationship(back_populates="attachments")
@@ -187,11 +189,11 @@ class QuarantineEntry(Base):
     __tablename__ = "quarantine"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(index=True)
     channel: Mapped[str] = mapped_column(SafeString(32), default="")
     envelope_from: Mapped[str] = mapped_column(SafeString(320), default="")
     envelope_to: Mapped[list[Any]] = mapped_column(default=list)
-    raw_sha256: Mapped[str] = mapped_column(SafeString(64), default="")
+    raw_sha256: Mapped[str] = mapped_column(SafeString(64), default="", index=True)
     raw_size: Mapped[int] = mapped_column(BigInteger, default=0)
     headers: Mapped[str] = mapped_column(SafeText(), default="")
     reason: Mapped[str] = mapped_column(SafeString(32), default="error")
@@ -269,6 +271,33 @@ class ChannelStatus(Base):
     last_failure_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(SafeText(), default="")
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # Since when the channel fails without a success between (None: it works).
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ChannelAlert(Base):
+    """What ``emaild.alerts`` last said about a channel: kept so a restart says it once."""
+
+    __tablename__ = "channel_alerts"
+
+    name: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
+    # "failing": a failure notice went out and no recovery since; "ok" otherwise.
+    state: Mapped[str] = mapped_column(SafeString(16), default="ok")
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    # The last failure notice (at most one per channel per hour).
+    notified_at: Mapped[datetime | None] = mapped_column(default=None)
+    changed_at: Mapped[datetime]
+
+
+class OpsEvent(Base):
+    """An operational event (``channel.failing``, ``channel.recovered``): ``emaild.alerts.emit``."""
+
+    __tablename__ = "ops_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(SafeString(32), index=True)
+    at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ManagedAddress(Base):
@@ -312,8 +341,23 @@ class CaseEvent(Base):
     kind: Mapped[str] = mapped_column(SafeString(32))
     # Who: an API token's name, "cli", or "mail" for the pipeline.
     actor: Mapped[str] = mapped_column(SafeString(255), default="")
-    at: Mapped[datetime]
+    # Indexed: reports count status changes in a period.
+    at: Mapped[datetime] = mapped_column(index=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CaseTerm(Base):
+    """A telling term of a case's subject (``emaild.reports.topics``), written with the
+    case: the topic view counts these with SQL. ``created_at`` is the case's."""
+
+    __tablename__ = "case_terms"
+    __table_args__ = (Index("ix_case_terms_created_at_term", "created_at", "term"),)
+
+    case_id: Mapped[int] = mapped_column(
+        ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True
+    )
+    term: Mapped[str] = mapped_column(SafeString(64), primary_key=True)
+    created_at: Mapped[datetime]
 
 
 class ApiToken(Base):

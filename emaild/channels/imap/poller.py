@@ -43,6 +43,7 @@ from emaild.channels.imap.cursor import Cursor, FolderCursors
 from emaild.clock import utcnow
 from emaild.config import MailboxConfig
 from emaild.errors import InputError, TransientError
+from emaild.observe import metrics
 from emaild.pipeline import Envelope, IngestResult, Outcome
 from emaild.pipeline.context import OutcomeTally
 from emaild.store.models import QuarantineEntry
@@ -161,6 +162,7 @@ class MailboxPoller:
         )
         self.log = log.bind(mailbox=box.name)
         self.cursors = FolderCursors(app.db, box.name)
+        self.backlog: dict[str, int] = {}
 
     # --- connection ---------------------------------------------------------------
     def _connected(self) -> IMAPClient:
@@ -242,14 +244,22 @@ class MailboxPoller:
         if not info.get(b"EXISTS") or (
             uidnext is not None and int(uidnext) <= cursor.acked_uid + 1
         ):
+            self._waiting(folder, 0)
             return
         sizes = _sizes(client, cursor.acked_uid)
-        if not sizes:
-            return
+        waiting = len(sizes)
+        self._waiting(folder, waiting)
         for batch in _batches(sizes, self.app.config.limits.max_message_bytes, self.box):
             if self.stop.is_set():
                 return
             self._run_batch(client, folder, uidvalidity, batch, summary)
+            waiting -= len(batch)
+            self._waiting(folder, waiting)
+
+    def _waiting(self, folder: str, count: int) -> None:
+        """The backlog metric: messages on the server above the cursor, per mailbox."""
+        self.backlog[folder] = max(0, count)
+        metrics.imap_backlog(self.box.name, sum(self.backlog.values()))
 
     def _cursor(self, folder: str, uidvalidity: int, summary: PollSummary) -> Cursor:
         def reset(old: int) -> None:

@@ -1,106 +1,100 @@
-"""A budget for DATA bytes in flight (issue 18 §4, partly).
+"""A budget for message bytes held in memory (issue 18 §4).
 
-aiosmtpd holds a message being received in memory (about 2.8x its size at
-the end of DATA: one bytearray per line, then the joined copy), and the
-pipeline holds it until stored. So the number of bytes that may be in
-flight at once is bounded by ``limits.data_bytes_in_flight``: at the DATA
-command a session reserves its declared ``SIZE`` (RFC 1870; the transfer is
-then held to twice that plus 64 KiB) or, without one, ``limits.max_message_bytes``; if the
-reservation does not fit, the client gets ``451 4.3.2`` before sending a
-byte and retries later. The reservation is returned when the message's
-reply has been sent. One reservation is always admitted when nothing else is
-in flight, so a budget below the largest message still lets mail through.
+A message being received costs almost no memory: DATA goes to a spool file
+as it arrives (``data.py``). It is held in memory from the moment a worker
+loads it for the pipeline until the pipeline is done with it: the raw bytes
+once, plus what parsing adds (little for the usual large message, whose
+attachments are decoded in chunks straight to the blob store). So that is
+what ``limits.data_bytes_in_flight`` bounds: before a received message goes
+to a worker it reserves its size plus ``WORKING_SET``, and the reservation is
+returned when the worker finishes with it (not when the client is answered: a message whose
+pipeline timed out is still in memory).
 
-Not done: spooling DATA to disk as it arrives (one 34 MiB message still
-costs about 2.8x its size while it is received).
+A message that does not fit waits, in arrival order, on disk and holding no
+worker, for earlier messages to finish; the wait counts against
+``limits.pipeline_timeout_seconds``, after which the client gets ``451
+4.3.2`` and retries later. One reservation is always admitted when nothing
+else is in memory, so a budget below the largest message still lets mail
+through.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+import asyncio
+import collections
+import contextlib
 
 TOO_MUCH_IN_FLIGHT = "451 4.3.2 Too much mail in transit; try again later"
-SIZE_MARGIN = 64 * 1024
-# What a transfer without SIZE reserves. MTAs declare SIZE when it is
-# advertised (Postfix, Exim, Sendmail do); a client that does not is counted
-# at this nominal size, so the budget is exact only for declared transfers.
-NO_SIZE_RESERVE = 1024 * 1024
+# What the pipeline holds of a message besides its raw bytes, for the usual
+# large message (attachments decoded in 1 MiB chunks to the blob store, the
+# parsed skeleton, file buffers): measured at about 5 MiB for 34 MiB with one
+# base64 attachment (bench/bench_data_budget.py). A message whose bulk is a
+# text body costs several times its size to parse and is NOT covered by this.
+WORKING_SET = 6 * 1024 * 1024
+
+
+def cost(size: int) -> int:
+    """What a message of ``size`` raw bytes reserves of the budget."""
+    return size + WORKING_SET
 
 
 class DataBudget:
-    """Bytes reserved by DATA transfers and messages not yet answered."""
+    """Bytes of messages loaded (or about to be) for the pipeline; FIFO waiters.
+
+    Used on the event loop only (workers release through ``call_soon_threadsafe``).
+    """
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.high_water = 0
+        self._waiters: collections.deque[tuple[int, int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
 
-    def reserve(self, size: int, budget: int) -> bool:
-        if self.in_flight and self.in_flight + size > budget:
-            return False
-        self.in_flight += size
-        self.high_water = max(self.high_water, self.in_flight)
-        return True
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for room now."""
+        return sum(1 for _, _, future in self._waiters if not future.done())
+
+    async def acquire(self, size: int, budget: int) -> None:
+        """Reserve ``size`` bytes of ``budget``, waiting behind earlier waiters if needed."""
+        if not self._waiters and self._fits(size, budget):
+            self._take(size)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, budget, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release(size)  # granted just as the caller gave up
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):  # _wake may have dropped it
+                    self._waiters.remove(entry)
+                self._wake()  # a large waiter at the head may have held back smaller ones
+            raise
 
     def release(self, size: int) -> None:
         self.in_flight -= size
+        self._wake()
 
+    def _fits(self, size: int, budget: int) -> bool:
+        return self.in_flight == 0 or self.in_flight + size <= budget
 
-def declared_size(mail_options: list[str]) -> int:
-    """The ``SIZE=`` of MAIL FROM, 0 if none (aiosmtpd checked it is digits)."""
-    for option in mail_options:
-        name, _, value = option.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
-    return 0
+    def _take(self, size: int) -> None:
+        self.in_flight += size
+        self.high_water = max(self.high_water, self.in_flight)
 
-
-def guard_data(session: Any) -> None:
-    """Wrap the session's DATA so it runs only within the budget."""
-    methods: dict[str, Any] = session._smtp_methods
-    original = methods["DATA"]
-
-    @functools.wraps(original)
-    async def data(arg: str | None) -> None:
-        envelope = session.envelope
-        if envelope is None or not envelope.rcpt_tos or arg:
-            await original(arg)  # aiosmtpd's own errors (503, 501); nothing is received
-            return
-        channel = session.listener.channel
-        limits = channel.config().limits
-        declared = declared_size(envelope.mail_options)
-        size = min(declared, limits.max_message_bytes) if declared else NO_SIZE_RESERVE
-        if not channel.data_budget.reserve(size, limits.data_bytes_in_flight):
-            session.record.rejected.append({"data": str(size), "reply": TOO_MUCH_IN_FLIGHT})
-            await session.push(TOO_MUCH_IN_FLIGHT)
-            return
-        # Held to about what it declared: a client claiming SIZE=1 cannot send
-        # 35 MiB against a 1-byte reservation (552 5.3.4, as for any oversize
-        # message). SIZE is the client's count before dot-stuffing and line-end
-        # fixing (smtplib turns bare LF into CRLF), so twice it plus a margin.
-        held = (
-            min(limits.max_message_bytes, 2 * declared + SIZE_MARGIN)
-            if declared
-            else limits.max_message_bytes
-        )
-        session.data_size_limit = held
-        session.data_reserved = size
-        try:
-            await original(arg)
-        finally:
-            session.data_size_limit = limits.max_message_bytes
-            settle(session)
-
-    methods["DATA"] = data
-
-
-def settle(session: Any) -> None:
-    """Return the session's reservation (idempotent): the message has its answer.
-
-    Called by the DATA hook before the reply is sent, so a client that reads
-    the reply and sends the next DATA finds the budget already freed.
-    """
-    reserved = getattr(session, "data_reserved", 0)
-    if reserved:
-        session.data_reserved = 0
-        session.listener.channel.data_budget.release(reserved)
+    def _wake(self) -> None:
+        while self._waiters:
+            size, budget, future = self._waiters[0]
+            if future.done():  # cancelled: its owner removes it
+                self._waiters.popleft()
+                continue
+            if not self._fits(size, budget):
+                return
+            self._waiters.popleft()
+            self._take(size)
+            future.set_result(None)

@@ -14,12 +14,14 @@ import structlog
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.anvil import Anvil, AuthThrottle
 from emaild.channels.smtp.auth import security_settings, verify_password
-from emaild.channels.smtp.budget import DataBudget
-from emaild.channels.smtp.peers import PeerShares
-from emaild.channels.smtp.server import Kind, Listener, SessionMixin, peer_label
+from emaild.channels.smtp.budget import DataBudget, cost
+from emaild.channels.smtp.data import SpooledMessage
+from emaild.channels.smtp.peers import PeerShares, peer_label
+from emaild.channels.smtp.server import Kind, Listener, SessionMixin
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import ConfigError
 from emaild.pipeline import Envelope, IngestResult
+from emaild.store.blobs import Spool
 
 if TYPE_CHECKING:
     from emaild.app import App
@@ -68,6 +70,10 @@ class SmtpChannel:
         self.tempfailed = 0
         self.rejected = 0
         self.refused = 0
+        # Spool files a crash left behind (the daemon's are all closed now).
+        stale = app.blobs.remove_stale_temp()
+        if stale:
+            log.warning("smtp.spool_cleaned", removed=stale)
 
     def config(self) -> Config:
         """The current config (SIGHUP may swap it; limits apply from the next use)."""
@@ -163,23 +169,38 @@ class SmtpChannel:
     def admit(self) -> bool:
         return not self.busy()
 
-    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
-        """``pipeline.ingest`` in the worker pool, counted against ``max_pending``.
+    def new_spool(self) -> Spool:
+        """A spool file for a DATA transfer (``TransientError`` if storage is unusable)."""
+        return self.app.blobs.spool()
 
-        One peer address holds at most its share of the workers
-        (``limits.peer_worker_share``): its further messages wait here, on the
-        event loop, holding no worker, so a peer sending slow mail slows only
-        itself (issue 18 §2). Time spent waiting counts against the caller's
-        pipeline timeout.
+    async def ingest(self, message: SpooledMessage, envelope: Envelope) -> IngestResult:
+        """Run the pipeline for a received message in the worker pool.
+
+        Counted against ``max_pending``. One peer address holds at most its
+        share of the workers (``limits.peer_worker_share``): its further
+        messages wait here, on the event loop, holding no worker, so a peer
+        sending slow mail slows only itself (issue 18 §2). Then the message
+        waits for room in the memory budget (``limits.data_bytes_in_flight``,
+        ``budget.py``), on disk. Time spent waiting counts against the
+        caller's pipeline timeout.
         """
         with self._pending_lock:
             self._pending += 1
         host = envelope.peer.rpartition(":")[0].strip("[]") if envelope.peer else ""
+        size = cost(message.size)
         try:
             if host:
                 await self.peers.acquire(host, self._peer_share())
             try:
-                future = self.executor.submit(self.app.pipeline.ingest, raw, envelope)
+                message.waiting_for_budget = True
+                await self.data_budget.acquire(size, self.config().limits.data_bytes_in_flight)
+                message.admitted = True
+                try:
+                    future = self.executor.submit(self._process, message, envelope)
+                except BaseException:
+                    self.data_budget.release(size)
+                    raise
+                message.handed_over = True
             except BaseException:
                 if host:
                     self.peers.release(host)
@@ -188,21 +209,40 @@ class SmtpChannel:
             self._release()
             raise
         # Released when the worker really finishes, not when we stop waiting:
-        # a timed-out message still occupies a worker (and its peer's share).
+        # a timed-out message still occupies a worker, its peer's share and
+        # its bytes of the budget.
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda _f: self._finished(loop, host))
+        future.add_done_callback(lambda _f: self._finished(loop, host, size))
         return await asyncio.wrap_future(future)
+
+    def _process(self, message: SpooledMessage, envelope: Envelope) -> IngestResult:
+        """In a worker: load the spool (the message's one copy in memory), store, run."""
+        spool = message.spool
+        try:
+            raw = spool.load()
+            if not raw or raw.isspace():
+                return self.app.pipeline.ingest(raw, envelope)  # refused: nothing to keep
+            # The spool becomes the raw blob: the bytes are written to disk once.
+            sha = spool.publish()
+            return self.app.pipeline.ingest(raw, envelope, stored_sha256=sha)
+        finally:
+            spool.discard()
 
     def _peer_share(self) -> int:
         limits = self.config().limits
         return max(1, int(limits.workers * limits.peer_worker_share))
 
-    def _finished(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
+    def _finished(self, loop: asyncio.AbstractEventLoop, host: str, size: int) -> None:
         """A worker finished a message (runs in that worker's thread)."""
         self._release()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(self._returned, host, size)
+
+    def _returned(self, host: str, size: int) -> None:
+        """On the loop: a finished message gives back its budget and its peer's share."""
+        self.data_budget.release(size)
         if host:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(self.peers.release, host)
+            self.peers.release(host)
 
     def _release(self) -> None:
         with self._pending_lock:

@@ -1,4 +1,4 @@
-"""How many workers each peer address holds, and who waits for one (issue 18 §2).
+"""Peer addresses: how many workers each holds, and who waits for one (issue 18 §2).
 
 Runs on the event loop only: ``acquire`` waits while the peer holds its
 share; ``release`` (called on the loop when a worker finishes) wakes the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any
 
 
 class PeerShares:
@@ -53,3 +54,18 @@ class PeerShares:
             if not waiter.done():
                 waiter.set_result(None)
                 break
+
+
+def peer_host(address: Any) -> str:
+    """The host part of a socket address (the client's IP address)."""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address)
+
+
+def peer_label(address: Any) -> str:
+    """``host:port`` (``[v6]:port``) of a socket address, for logs and health."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)

@@ -22,8 +22,10 @@ from emaild.accept_from import sender_allowed
 from emaild.channels.health import ChannelHealth
 from emaild.channels.smtp.anvil import Anvil
 from emaild.channels.smtp.auth import AuthMixin
-from emaild.channels.smtp.budget import DataBudget, guard_data, settle
+from emaild.channels.smtp.budget import TOO_MUCH_IN_FLIGHT, DataBudget
+from emaild.channels.smtp.data import SpooledMessage, install_data
 from emaild.channels.smtp.guard import guard_commands
+from emaild.channels.smtp.peers import peer_host, peer_label
 from emaild.channels.smtp.replies import (
     BUSY,
     DISABLED_REJECT,
@@ -47,7 +49,9 @@ from emaild.channels.smtp.replies import (
 from emaild.channels.smtp.timeouts import AdaptiveTimeout
 from emaild.config import Config, RoutingAddress, SmtpConfig
 from emaild.errors import InputError, TransientError
+from emaild.observe import metrics
 from emaild.pipeline import Envelope, IngestResult
+from emaild.store.blobs import Spool
 from emaild.text import one_line
 
 log = structlog.get_logger("emaild.smtp")
@@ -84,26 +88,13 @@ class ChannelHost(Protocol):
 
     def admit(self) -> bool: ...
 
-    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult: ...
+    def new_spool(self) -> Spool: ...
+
+    async def ingest(self, message: SpooledMessage, envelope: Envelope) -> IngestResult: ...
 
     async def lookup(self, address: str) -> RoutingAddress | None: ...
 
     async def check_password(self, user: str, password: bytes, host: str = "") -> bool: ...
-
-
-def peer_host(address: Any) -> str:
-    """The host part of a socket address (the client's IP address)."""
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return str(address)
-
-
-def peer_label(address: Any) -> str:
-    """``host:port`` (``[v6]:port``) of a socket address, for logs and health."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address)
 
 
 # --- per-session record, logged once when the session ends ---------------------------
@@ -165,6 +156,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
             transport.write(reply.encode("ascii") + b"\r\n")
             transport.close()
             channel.refused += 1
+            metrics.smtp_reply(self.listener.kind, reply)
             return
         self._counted = True
         channel.session_started(self)
@@ -195,6 +187,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
         if isinstance(status, str):
             status = enhanced(status)
         await super().push(status)  # type: ignore[misc]
+        metrics.smtp_reply(self.listener.kind, status)
         # Draining: once the transaction in progress is answered, say goodbye.
         if self.listener.channel.closing and not self.in_transaction():
             await self.goodbye()
@@ -211,6 +204,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
             return
         self._said_goodbye = True
         this._writer.write(reply.encode("ascii") + b"\r\n")
+        metrics.smtp_reply(self.listener.kind, reply)
         with contextlib.suppress(ConnectionError):
             await this._writer.drain()
         if this.transport is not None:
@@ -225,6 +219,7 @@ class SessionMixin(AdaptiveTimeout, AuthMixin):
             self._said_goodbye = True
             with contextlib.suppress(Exception):
                 this.transport.write(SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            metrics.smtp_reply(self.listener.kind, SHUTTING_DOWN)
         this.transport.close()
 
     async def _check_login(self, login: bytes, password: bytes) -> Any:
@@ -260,7 +255,7 @@ class SmtpSession(SessionMixin, SMTP):
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
         guard_commands(self)
-        guard_data(self)
+        install_data(self)
 
 
 class LmtpSession(SessionMixin, LMTP):
@@ -271,7 +266,7 @@ class LmtpSession(SessionMixin, LMTP):
         self.line_length_limit = listener.channel.config().smtp.max_line_length
         super().__init__(listener.handler, **kwargs)
         guard_commands(self)
-        guard_data(self)
+        install_data(self)
 
 
 # --- handler: the aiosmtpd hooks ------------------------------------------------------
@@ -331,7 +326,7 @@ class IntakeHandler:
         return RCPT_OK
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw: bytes = envelope.original_content or b""
+        message: SpooledMessage = server.spooled  # set by data.data_command
         recipients = tuple(envelope.rcpt_tos)
         env = Envelope(
             channel=self.listener.kind,
@@ -340,18 +335,17 @@ class IntakeHandler:
             peer=server.record.peer,
             helo=server.record.helo,
         )
-        reply, result = await self.listener.store(raw, env)
+        reply, result = await self.listener.store(message, env)
         server.record.messages.append(
             {
                 "from": env.mail_from,
                 "to": list(recipients),
-                "size": len(raw),
+                "size": message.size,
                 "reply": reply,
                 "outcome": result.outcome.value if result else None,
                 "case": result.case_number if result else None,
             }
         )
-        settle(server)  # the message is stored or refused: its bytes are no longer in flight
         if self.listener.kind == "lmtp":
             # RFC 2033 4.2: one reply per successful RCPT, in order. The message
             # is stored once for all of them, so they share its outcome.
@@ -405,19 +399,25 @@ class Listener:
         }
         return (LmtpSession if self.kind == "lmtp" else SmtpSession)(self, **kwargs)
 
-    async def store(self, raw: bytes, envelope: Envelope) -> tuple[str, IngestResult | None]:
-        """Run the pipeline for one message; the reply to send and the result."""
+    async def store(
+        self, message: SpooledMessage, envelope: Envelope
+    ) -> tuple[str, IngestResult | None]:
+        """Run the pipeline for one received message; the reply to send and the result."""
         channel = self.channel
         if not channel.admit():
             return BUSY, None
         timeout = channel.config().limits.pipeline_timeout_seconds
         try:
-            result = await asyncio.wait_for(channel.ingest(raw, envelope), timeout)
+            result = await asyncio.wait_for(channel.ingest(message, envelope), timeout)
         except TransientError as exc:
             self.health.failure(str(exc))
             channel.tempfailed += 1
             return TEMPFAIL, None
         except TimeoutError:
+            if message.waiting_for_budget and not message.admitted:
+                # Never loaded: the memory budget stayed full (budget.py).
+                channel.tempfailed += 1
+                return TOO_MUCH_IN_FLIGHT, None
             # The worker may still commit later; the retry is then a duplicate,
             # stored once (contract 2). What must never happen is a 250 before.
             self.health.failure(f"pipeline took longer than {timeout}s")

@@ -1,5 +1,7 @@
 """``persist``: write the case, the message, its attachments and participants.
 
+A new case's subject terms go to ``case_terms`` too (the reports' topic view).
+
 A message kept without a case (held, dropped) gets its message row with that
 state; one a rule or accept-from quarantined gets a quarantine entry instead,
 in the same transaction.
@@ -17,6 +19,7 @@ from emaild.correlation.loops import fingerprint as message_fingerprint
 from emaild.correlation.strangers import FLAGGED
 from emaild.pipeline.context import IngestContext, Outcome
 from emaild.pipeline.stages.unwrap import case_customer
+from emaild.reports.topics import index_case
 from emaild.store.models import Case, Message
 from emaild.store.rows import add_participants, insert_attachments, insert_row
 from emaild.trust.policy import cap_followers
@@ -68,6 +71,7 @@ class PersistStage:
                 },
             )
             ctx.outcome = Outcome.NEW_CASE
+            index_case(session, ctx.case.id, ctx.case.subject, now)  # the topic view's terms
         else:
             ctx.case.updated_at = now
             ctx.outcome = Outcome.APPENDED

@@ -1,6 +1,6 @@
 """Web-to-Case: submissions per form and day (the daily cap)
 
-Revision ID: 0006
+Revision ID: 0005
 Revises: 0002
 Create Date: 2026-11-25
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
