@@ -21,8 +21,9 @@ from pydantic import (
 
 from emaild.config_base import MiB, Section
 from emaild.config_trust import SpamConfig, TrustConfig
+from emaild.config_webhooks import WebhookConfig, WebhooksConfig
 
-__all__ = ["MiB", "Section", "SpamConfig", "TrustConfig"]
+__all__ = ["MiB", "Section", "SpamConfig", "TrustConfig", "WebhookConfig", "WebhooksConfig"]
 
 Priority = Literal["Low", "Medium", "High", "Urgent"]
 PRIORITIES: tuple[str, ...] = ("Low", "Medium", "High", "Urgent")
@@ -383,6 +384,8 @@ class Config(Section):
     verification: VerificationConfig = VerificationConfig()
     trust: TrustConfig = TrustConfig()
     spam: SpamConfig = SpamConfig()
+    webhook: list[WebhookConfig] = []
+    webhooks: WebhooksConfig = WebhooksConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).
