@@ -11,7 +11,16 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emaild"
-DOMAIN = ("mime", "rules", "correlation", "verification", "autoresponse", "store", "trust")
+DOMAIN = (
+    "mime",
+    "rules",
+    "correlation",
+    "verification",
+    "autoresponse",
+    "store",
+    "trust",
+    "webhooks",
+)
 MAX_MODULE_LINES = 450
 MAX_CLASS_LINES = 300
 
