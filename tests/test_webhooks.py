@@ -215,7 +215,7 @@ def test_a_subscription_failing_long_enough_raises_channel_failing_then_recovers
             bad.url,
             bad.secret_file(tmp_path, "bad"),
             extra='events = ["case.created"]',
-            settings="failing_after_seconds = 0.5",
+            failing_after_seconds=0.5,
         )
         toml += (
             f'[[webhook]]\nname = "watcher"\nurl = "{watcher.url}"\n'

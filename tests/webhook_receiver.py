@@ -229,10 +229,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def hook_toml(url: str, secret_file: Path, *, extra: str = "", settings: str = "") -> str:
-    """A ``[[webhook]]`` and fast ``[webhooks]`` settings for tests."""
+def hook_toml(url: str, secret_file: Path, *, extra: str = "", **settings: Any) -> str:
+    """A ``[[webhook]]`` named "test" and fast ``[webhooks]`` settings (overridable)."""
+    fast: dict[str, Any] = {
+        "retry_base_seconds": 0.2,
+        "retry_max_seconds": 1.0,
+        "retry_jitter": 0.0,
+        "poll_interval_seconds": 0.05,
+        "timeout_seconds": 1.0,
+        **settings,
+    }
+    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in fast.items())
     return (
         f'[[webhook]]\nname = "test"\nurl = "{url}"\nsecret_file = "{secret_file}"\n{extra}\n'
-        "[webhooks]\nretry_base_seconds = 0.2\nretry_max_seconds = 1.0\nretry_jitter = 0.0\n"
-        f"poll_interval_seconds = 0.05\ntimeout_seconds = 1.0\n{settings}\n"
+        f"[webhooks]\n{table}"
     )

@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "run",
     "status",
     "token",
+    "webhook",
 )
 
 

@@ -62,7 +62,7 @@ class BodyLimit:
 
 def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     """The API for ``app``; ``run_sync`` runs blocking work (the daemon's worker pool)."""
-    from emaild.http.routes import admin, cases, files, intake
+    from emaild.http.routes import admin, cases, files, intake, webhooks
 
     api = FastAPI(
         title="emaild",
@@ -78,7 +78,7 @@ def create_app(app: App, run_sync: RunSync | None = None) -> FastAPI:
     api.state.emaild = ApiContext(**context)
     problems.install(api)
     v1 = APIRouter(prefix=PREFIX)
-    for module in (cases, intake, files, admin):
+    for module in (cases, intake, files, admin, webhooks):
         v1.include_router(module.router)
     api.include_router(v1)
     api.add_middleware(BodyLimit, emaild=app)

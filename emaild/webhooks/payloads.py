@@ -210,7 +210,7 @@ def case_event_data(
         data["channel"] = first.get("channel", "")
     if kind in _WITH_MESSAGE:
         data["message"] = snapshot.message(first.get("message"))
-        for key in ("to", "reason", "original_message_id"):
+        for key in ("to", "outbox_kind"):
             if key in first:
                 data[key] = first[key]
     return data
