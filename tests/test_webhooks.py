@@ -110,6 +110,7 @@ def test_rolled_back_change_sends_nothing(make_app: Any, hook: Receiver, tmp_pat
     assert types(got) == ["case.created", "message.received"]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # timing, not storage
 def test_retries_follow_the_schedule_with_one_id(
     make_app: Any, hook: Receiver, tmp_path: Path
 ) -> None:
@@ -135,6 +136,7 @@ def test_retries_follow_the_schedule_with_one_id(
     assert attempts[1].error  # the connection closed without an answer
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # timing, not storage
 def test_a_redirect_is_not_followed(make_app: Any, hook: Receiver, tmp_path: Path) -> None:
     app = app_for(make_app, hook, tmp_path, extra='events = ["case.created"]')
     answers = iter([302, 200])
@@ -207,6 +209,7 @@ def test_410_gone_disables_the_subscription(make_app: Any, hook: Receiver, tmp_p
     assert any("webhook test" in line and "410" in line for line in status["attention"])
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # timing, not storage
 def test_a_subscription_failing_long_enough_raises_channel_failing_then_recovers(
     make_app: Any, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from mailbuilder import build_mail
 from webhook_receiver import LOOPBACK, hook_toml, receiver, running, wait_until
 
-from emaild.errors import EX_DATAERR
+from emaild.errors import EX_DATAERR, InputError
 from emaild.intake import Envelope
 from emaild.webhooks import admin
 
@@ -103,6 +103,8 @@ def test_deliveries_failed_then_replayed_with_the_same_id(make_app: Any, tmp_pat
         assert first.id == second.id == third.id
         assert all(r.verified for r in hook.received)
         assert admin.deliveries(app.db, failed=True) == []
+        with pytest.raises(InputError, match="config file"):
+            admin.remove(app.db, "test")  # a [[webhook]]: edit the file
 
 
 def test_api_manages_webhooks_with_admin_scope_only(make_api: Any) -> None:
