@@ -122,13 +122,3 @@ class WebhooksConfig(Section):
     poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
     # Deliveries in flight at once per daemon process.
     concurrency: Annotated[int, Field(ge=1, le=256)] = 16
-    # A message's new text in a payload, at most (longer is cut and flagged).
-    max_text_chars: Annotated[int, Field(ge=0, le=1_000_000)] = 16_384
-    # Base of the API links in payloads, e.g. "https://emaild.example.com";
-    # empty = links are paths ("/api/v1/cases/7").
-    api_base_url: str = ""
-
-    @field_validator("api_base_url")
-    @classmethod
-    def _base(cls, value: str) -> str:
-        return check_url(value).rstrip("/") if value.strip() else ""
