@@ -50,7 +50,10 @@ class WebhookComponent:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[queue.Claimed, Result, asyncio.Future[None]]] = []
+        self._record_wake = asyncio.Event()
         self._task: Any = None
+        self._recorder_task: Any = None
 
     @property
     def settings(self) -> WebhooksConfig:
@@ -70,6 +73,7 @@ class WebhookComponent:
         except EmaildError as exc:
             log.warning("webhooks.release_failed", error=str(exc))
         self._task = host.spawn(self._run(), "webhooks")
+        self._recorder_task = host.spawn(self._recorder(), "webhooks-recorder")
 
     async def _run(self) -> None:
         assert self.host is not None
@@ -116,9 +120,8 @@ class WebhookComponent:
         self._wake.set()
 
     async def _deliver(self, item: queue.Claimed) -> None:
-        assert self.host is not None
+        """POST one delivery; its outcome is stored by the recorder (batched)."""
         settings = self.settings
-        bound = log.bind(delivery=item.id, webhook=item.subscription, event=item.event_uid)
         try:
             problem = ""
             if item.source != "config" and not settings.allow_private:
@@ -134,34 +137,52 @@ class WebhookComponent:
                     item.body,
                     settings.timeout_seconds,
                 )
+        except Exception as exc:  # a bug: the claim lapses and the delivery is retried
+            log.error("webhooks.delivery_error", delivery=item.id, error=repr(exc), exc_info=exc)
+            return
+        finished = asyncio.get_running_loop().create_future()
+        self._finished.append((item, result, finished))
+        self._record_wake.set()
+        await finished  # in flight until stored: the case's next event waits for it
+
+    async def _recorder(self) -> None:
+        """Store finished attempts, all that are waiting in one transaction."""
+        assert self.host is not None
+        while True:
+            await self._record_wake.wait()
+            self._record_wake.clear()
+            batch, self._finished = self._finished, []
+            if not batch:
+                if self._stopping and not self._inflight:
+                    return
+                continue
             work = partial(
-                delivery.record,
-                item=item,
-                result=result,
+                delivery.record_many,
+                done=[(item, result) for item, result, _ in batch],
                 worker=self.worker,
                 now=utcnow(),
-                settings=settings,
+                settings=self.settings,
                 rng=self.rng,
             )
-            outcome = await self.host.run_sync(self.app.db.run, work, attempts=3)
-        except EmaildError as exc:  # the outcome could not be stored: the claim lapses
-            bound.warning("webhooks.record_failed", error=str(exc))
-            return
-        except Exception as exc:
-            bound.error(
-                "webhooks.delivery_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc
-            )
-            return
-        if outcome == queue.DELIVERED:
-            bound.debug("webhooks.delivered", status=result.status, ms=result.duration_ms)
-        else:
-            bound.info(
-                "webhooks.not_delivered",
-                outcome=outcome,
-                status=result.status,
-                error=result.error,
-                attempts=item.attempts + 1,
-            )
+            try:
+                outcomes = await self.host.run_sync(self.app.db.run, work, attempts=3)
+            except Exception as exc:  # not stored: the claims lapse, the POSTs are repeated
+                log.warning("webhooks.record_failed", error=f"{type(exc).__name__}: {exc}")
+                outcomes = ["unrecorded"] * len(batch)
+            for (item, result, finished), outcome in zip(batch, outcomes, strict=True):
+                if not finished.done():
+                    finished.set_result(None)
+                if outcome != queue.DELIVERED:
+                    log.info(
+                        "webhooks.not_delivered",
+                        delivery=item.id,
+                        webhook=item.subscription,
+                        webhook_id=item.event_uid,
+                        outcome=outcome,
+                        status=result.status,
+                        error=result.error,
+                        attempts=item.attempts + 1,
+                    )
 
     async def stop(self) -> None:
         """No new claims; wait for deliveries in flight (the daemon bounds the wait)."""
@@ -171,6 +192,9 @@ class WebhookComponent:
             await self._task
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._record_wake.set()
+        if self._recorder_task is not None:
+            await self._recorder_task
         await self.client.aclose()
 
 

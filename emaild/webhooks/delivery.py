@@ -83,6 +83,18 @@ def record(
     return outcome
 
 
+def record_many(
+    session: Session,
+    done: list[tuple[queue.Claimed, Result]],
+    worker: str,
+    now: datetime,
+    settings: WebhooksConfig,
+    rng: random.Random,
+) -> list[str]:
+    """``record`` for several finished attempts in one transaction (one commit)."""
+    return [record(session, item, result, worker, now, settings, rng) for item, result in done]
+
+
 def _channel(item: queue.Claimed) -> dict[str, Any]:
     return {"channel": f"webhook:{item.subscription}", "kind": "webhook", "url": item.url}
 
@@ -91,6 +103,9 @@ def _healthy(session: Session, item: queue.Claimed, now: datetime) -> None:
     sub = session.get(WebhookSubscription, item.subscription_id)
     if sub is None:
         return
+    recent = sub.last_success_at is not None and (now - sub.last_success_at).total_seconds() < 1
+    if sub.failing_since is None and recent:
+        return  # healthy and noted a moment ago: no write per delivery
     if sub.failing_alerted:
         since = sub.failing_since
         publish(
