@@ -14,6 +14,7 @@ event type.
    daemon starts and the time until every delivery is delivered gives events/s.
 
     .venv/bin/python bench/bench_webhooks.py [--messages 1000] [--backlog 1000] [--seconds 60]
+        [--toml "[webhooks]\\nconcurrency = 16"] [--without-webhooks]
 
 Bounded in count (``--messages``, ``--backlog``) and time (``--seconds`` per phase).
 """
@@ -181,6 +182,11 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
+        "--toml",
+        default="",
+        help='More config, e.g. "[webhooks]\\nconcurrency = 16" (\\n for newlines).',
+    )
+    parser.add_argument(
         "--without-webhooks",
         action="store_true",
         help="Phase 1 with no subscription: the SMTP rate to compare with.",
@@ -206,6 +212,7 @@ def main() -> None:
         + '[autoresponse]\nenabled = false\n[logging]\nlevel = "warning"\n'
         # One loopback client IP sends everything: lift the per-IP connection rate.
         + "[smtp]\nmax_connection_rate_per_ip = 1000000\n"
+        + args.toml.replace("\\n", "\n")
     )
     smtp_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}

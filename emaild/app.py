@@ -20,6 +20,9 @@ def sync_webhooks(db: Database, config: Config) -> None:
     secret file). A read when nothing changed."""
     from emaild.clock import utcnow
 
+    with db.session(readonly=True) as session:
+        if not sync_config(session, config, utcnow(), apply=False):
+            return  # the usual case: no write transaction at every process start
     changes = db.run(lambda session: sync_config(session, config, utcnow()), attempts=3)
     if changes:
         import structlog
@@ -62,8 +65,12 @@ class App:
             pool_size=max(4, config.limits.workers),
         )
         if migrate:
-            db.migrate()
-            sync_webhooks(db, config)
+            try:
+                db.migrate()
+                sync_webhooks(db, config)
+            except BaseException:
+                db.dispose()  # a bad secret file, an outage: no pooled connection left open
+                raise
         blobs = BlobStore(config.blob_dir)
         pipeline = Pipeline(Services.build(config, db, blobs), db)
         return cls(config=config, db=db, blobs=blobs, pipeline=pipeline)

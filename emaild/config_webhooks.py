@@ -120,5 +120,6 @@ class WebhooksConfig(Section):
     failing_after_seconds: Annotated[float, Field(gt=0)] = 86400.0
     # How often the daemon looks for due deliveries when idle.
     poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
-    # Deliveries in flight at once per daemon process.
-    concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    # Deliveries in flight at once per daemon process (each waits for its
+    # receiver and for its outcome's commit, so this is what bounds throughput).
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 64

@@ -129,3 +129,37 @@ def test_subscriptions_get_only_their_events_and_addresses(make_app: Any, tmp_pa
         ).all()
     # only the vip case's case.created, and the channel alert (about no address)
     assert [kind for kind, _ in rows] == ["case.created", "channel.failing"]
+
+
+def test_config_subscriptions_are_synced_and_win(make_app: Any, tmp_path: Path) -> None:
+    from emaild.errors import ConfigError
+    from emaild.store.models import WebhookSubscription
+
+    secret = tmp_path / "s"
+    secret.write_text(make_secret())
+
+    def table(name: str, url: str) -> str:
+        return f'[[webhook]]\nname = "{name}"\nurl = "{url}"\nsecret_file = "{secret}"\n'
+
+    def rows(app: Any) -> dict[str, tuple[str, bool, str]]:
+        with app.db.session() as s:
+            return {
+                r.name: (r.url, r.enabled, r.source) for r in s.scalars(select(WebhookSubscription))
+            }
+
+    app = make_app(table("a", "http://127.0.0.1:9/a"))
+    assert rows(app) == {"a": ("http://127.0.0.1:9/a", True, "config")}
+    app = make_app(table("a", "http://127.0.0.1:9/a2") + table("b", "http://127.0.0.1:9/b"))
+    assert rows(app) == {
+        "a": ("http://127.0.0.1:9/a2", True, "config"),
+        "b": ("http://127.0.0.1:9/b", True, "config"),
+    }
+    app = make_app(table("b", "http://127.0.0.1:9/b"))
+    assert rows(app)["a"][1] is False  # removed from the file: disabled, history kept
+    secret.write_text("not a secret")
+    try:
+        make_app(table("b", "http://127.0.0.1:9/b"))
+    except ConfigError as exc:
+        assert "webhook.0.secret_file" in str(exc)
+    else:
+        raise AssertionError("a bad secret file must be a config error")

@@ -146,6 +146,10 @@ class Receiver:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("content-length") or 0)
         body = handler.rfile.read(min(length, MAX_BODY))
+        if len(body) < length:
+            # The sender died mid-request (the crash test): nothing arrived.
+            handler.close_connection = True
+            return
         headers = {k.lower(): v for k, v in handler.headers.items()}
         verified, error = True, ""
         try:

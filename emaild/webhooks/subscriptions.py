@@ -67,8 +67,14 @@ def read_secret(path: str, key: str) -> str:
         raise ConfigError(f"{path}: {exc}", key=key) from None
 
 
-def sync_config(session: Session, config: Config, now: datetime) -> list[str]:
-    """Make the ``config`` rows match ``[[webhook]]``; returns what changed (for logs)."""
+def sync_config(
+    session: Session, config: Config, now: datetime, *, apply: bool = True
+) -> list[str]:
+    """Make the ``config`` rows match ``[[webhook]]``; returns what changed (for logs).
+
+    ``apply=False`` only says what would change (the caller discards the session):
+    every process start checks that in a read-only transaction first.
+    """
     wanted: dict[str, tuple[WebhookConfig, str]] = {
         hook.name: (hook, read_secret(hook.secret_file, f"webhook.{i}.secret_file"))
         for i, hook in enumerate(config.webhook)
@@ -88,6 +94,9 @@ def sync_config(session: Session, config: Config, now: datetime) -> list[str]:
         }
         row = rows.get(name)
         if row is None:
+            if not apply:
+                changed.append(f"added {name}")
+                continue
             session.add(
                 WebhookSubscription(
                     name=name,
@@ -124,7 +133,8 @@ def sync_config(session: Session, config: Config, now: datetime) -> list[str]:
         if row.source == CONFIG and name not in wanted and row.enabled:
             row.enabled, row.disabled_reason, row.updated_at = False, REMOVED, now
             changed.append(f"disabled {name} ({REMOVED})")
-    session.flush()
+    if apply:
+        session.flush()
     return changed
 
 
