@@ -152,8 +152,14 @@ class Snapshot:
         self.messages: dict[int, Any] = {}
         self.attachments: dict[int, list[Any]] = {}
         if cases:
-            rows = session.execute(select(*_CASE_COLUMNS).where(Case.id.in_(cases)))
-            self.cases = {row.id: row for row in rows}
+            query = select(*_CASE_COLUMNS).where(Case.id.in_(cases)).order_by(Case.id)
+            if session.get_bind().dialect.name == "postgresql":
+                # Events of one case get their ids in commit order: a change that did
+                # not lock the case itself (a reply marked sent) waits for one that
+                # did (its ids would otherwise be smaller yet become visible later,
+                # and the delivery order per case is id order). SQLite has one writer.
+                query = query.with_for_update()
+            self.cases = {row.id: row for row in session.execute(query)}
         if messages:
             rows = session.execute(select(*_MESSAGE_COLUMNS).where(Message.id.in_(messages)))
             self.messages = {row.id: row for row in rows}
