@@ -7,6 +7,7 @@ PostgreSQL; the receiver verifies every signature with ``standardwebhooks``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
@@ -257,3 +258,28 @@ def test_tampered_body_or_old_timestamp_fails_verification() -> None:
         receiver_side.verify(body, old)
     with pytest.raises(WebhookVerificationError):
         Webhook(make_secret()).verify(body, headers)  # another secret
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SKIP LOCKED
+def test_two_daemons_share_the_work_each_event_once_in_case_order(
+    make_app: Any, hook: Receiver, tmp_path: Path
+) -> None:
+    toml = hook_toml(hook.url, hook.secret_file(tmp_path), concurrency=4)
+    first, second = make_app(toml, **LOOPBACK), make_app(toml, **LOOPBACK)
+    hook.plan(lambda _: ("slow", 0.02, 200))
+    for n in range(20):
+        ingest(first, n)
+        ingest(second, 100 + n, thread_of=n)  # a second message on the same case
+    with app_events(first) as events, running(first), running(second):
+        got = hook.wait_delivered(len(events), timeout=30)
+    assert sorted(r.id for r in got) == sorted(events)  # every event, once
+    order: dict[int, list[int]] = {}
+    for r in got:
+        order.setdefault(r.json["data"]["case"]["number"], []).append(events[r.id])
+    assert all(ids == sorted(ids) and len(ids) == 3 for ids in order.values()), order
+
+
+@contextlib.contextmanager
+def app_events(app: Any) -> Any:
+    with app.db.session() as s:
+        yield {e.uid: e.id for e in s.scalars(select(WebhookEvent))}

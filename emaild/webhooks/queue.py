@@ -167,7 +167,7 @@ def _alive(worker: str) -> bool:
         return True  # not ours to judge
     pid = int(parts[1])
     if pid == os.getpid():
-        return False  # a previous component in this process (never during a run)
+        return True  # this process (another component instance): its claims are live
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
