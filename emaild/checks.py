@@ -35,7 +35,21 @@ def check_rules(config: Config) -> str:
     return f"rules: {len(rules)} rules from {len(rules.files)} files in {where}"
 
 
-CHECKS: tuple[Check, ...] = (check_storage, check_addresses, check_rules, check_services)
+def check_webhooks(config: Config) -> str:
+    from emaild.webhooks.subscriptions import read_secret
+
+    for i, hook in enumerate(config.webhook):
+        read_secret(hook.secret_file, f"webhook.{i}.secret_file")
+    return f"webhooks: {len(config.webhook)} in the config file, secrets readable"
+
+
+CHECKS: tuple[Check, ...] = (
+    check_storage,
+    check_addresses,
+    check_rules,
+    check_services,
+    check_webhooks,
+)
 
 
 def run_checks(config: Config) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from webhook_receiver import make_secret
 
@@ -156,7 +157,12 @@ def test_config_subscriptions_are_synced_and_win(make_app: Any, tmp_path: Path) 
     }
     app = make_app(table("b", "http://127.0.0.1:9/b"))
     assert rows(app)["a"][1] is False  # removed from the file: disabled, history kept
+    from emaild.checks import run_checks
+
+    assert run_checks(app.config)[-1].startswith("webhooks: 1 in the config file")
     secret.write_text("not a secret")
+    with pytest.raises(ConfigError, match="secret too short"):
+        run_checks(app.config)  # emaild check
     try:
         make_app(table("b", "http://127.0.0.1:9/b"))
     except ConfigError as exc:
