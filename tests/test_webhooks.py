@@ -283,3 +283,38 @@ def test_two_daemons_share_the_work_each_event_once_in_case_order(
 def app_events(app: Any) -> Any:
     with app.db.session() as s:
         yield {e.uid: e.id for e in s.scalars(select(WebhookEvent))}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # timing, not storage
+def test_a_delivery_is_given_up_after_max_retry_age_and_the_case_moves_on(
+    make_app: Any, hook: Receiver, tmp_path: Path
+) -> None:
+    app = app_for(make_app, hook, tmp_path, max_retry_age_seconds=0.6)
+    number = ingest(app, 1)
+    hook.plan(lambda r: 500 if r.json["type"] == "case.created" else 200)
+    with running(app):
+        [received] = hook.wait_delivered(1, timeout=20)
+    assert received.json["type"] == "message.received"  # after case.created gave up
+    tries = [r for r in hook.received if r.json["type"] == "case.created"]
+    assert len(tries) >= 2 and len({r.id for r in tries}) == 1
+    with app.db.session() as s:
+        failed = s.scalars(select(WebhookDelivery).where(WebhookDelivery.status == "failed")).one()
+    assert failed.case_id == number and failed.last_error.startswith("gave up after")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a rule, not storage
+def test_a_run_time_subscription_to_a_private_target_is_checked_at_every_attempt(
+    make_app: Any, hook: Receiver
+) -> None:
+    from emaild.webhooks import admin
+
+    allowed = make_app("[webhooks]\nallow_private = true\n", **LOOPBACK)
+    admin.add(allowed.db, allowed.config, url=hook.url, events=[], addresses=[], name="rt")
+    app = make_app(  # allow_private switched off again: the subscription stays, and is refused
+        "[webhooks]\nallow_private = false\npoll_interval_seconds = 0.05\n", **LOOPBACK
+    )
+    ingest(app, 1)
+    with running(app):
+        wait_until(lambda: admin.deliveries(app.db, failed=True))
+    assert hook.received == []
+    assert "allow_private" in admin.deliveries(app.db, failed=True)[0]["last_error"]
