@@ -13,6 +13,22 @@ from emaild.pipeline.core import Pipeline
 from emaild.services import Services
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
+from emaild.webhooks.subscriptions import sync_config
+
+
+def sync_webhooks(db: Database, config: Config) -> None:
+    """Bring the ``[[webhook]]`` subscriptions into the database (``ConfigError`` on a bad
+    secret file). A read when nothing changed."""
+    from emaild.clock import utcnow
+
+    with db.session(readonly=True) as session:
+        if not sync_config(session, config, utcnow(), apply=False):
+            return  # the usual case: no write transaction at every process start
+    changes = db.run(lambda session: sync_config(session, config, utcnow()), attempts=3)
+    if changes:
+        import structlog
+
+        structlog.get_logger("emaild.webhooks").info("webhooks.config_synced", changes=changes)
 
 
 @dataclass
@@ -51,7 +67,12 @@ class App:
             pool_size=max(4, config.limits.workers),
         )
         if migrate:
-            db.migrate()
+            try:
+                db.migrate()
+                sync_webhooks(db, config)
+            except BaseException:
+                db.dispose()  # a bad secret file, an outage: no pooled connection left open
+                raise
         blobs = BlobStore(config.blob_dir)
         pipeline = Pipeline(Services.build(config, db, blobs), db)
         return cls(config=config, db=db, blobs=blobs, pipeline=pipeline)
@@ -66,6 +87,7 @@ class App:
                 raise ConfigError(f"changing {attr} needs a restart", key="storage")
         # Raises ConfigError before anything changes; then one assignment swaps it all.
         services = Services.build(config, self.db, self.blobs, clock=self.services.clock)
+        sync_webhooks(self.db, config)
         self.config = config
         self.pipeline.services = services
         metrics.set_enabled(config.metrics.enabled)

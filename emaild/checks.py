@@ -43,12 +43,21 @@ def check_webforms(config: Config) -> str:
     return f"web forms: {names}{served}"
 
 
+def check_webhooks(config: Config) -> str:
+    from emaild.webhooks.subscriptions import read_secret
+
+    for i, hook in enumerate(config.webhook):
+        read_secret(hook.secret_file, f"webhook.{i}.secret_file")
+    return f"webhooks: {len(config.webhook)} in the config file, secrets readable"
+
+
 CHECKS: tuple[Check, ...] = (
     check_storage,
     check_addresses,
     check_rules,
     check_services,
     check_webforms,
+    check_webhooks,
 )
 
 

@@ -38,6 +38,8 @@ from emaild.config_model import (
     VerificationConfig,
     WebConfig,
     WebformConfig,
+    WebhookConfig,
+    WebhooksConfig,
     is_loopback,
 )
 from emaild.errors import ConfigError
@@ -70,6 +72,8 @@ __all__ = [
     "VerificationConfig",
     "WebConfig",
     "WebformConfig",
+    "WebhookConfig",
+    "WebhooksConfig",
     "config_path_from",
     "is_loopback",
     "load_config",
@@ -200,10 +204,12 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
                 key=f"webform.{index}.name",
             )
         forms.add(form.name)
+    webhooks = _resolve_webhooks(config.webhook, rel, path)
     return config.model_copy(
         update={
             "storage": storage,
             "mailbox": mailboxes,
+            "webhook": webhooks,
             "rules_dir": rules_dir,
             "templates_dir": templates_dir,
             "address": addresses,
@@ -237,4 +243,25 @@ def _resolve_mailboxes(
         names.add(box.name)
         paths = ("password_file", "oauth_token_file", "ca_file")
         out.append(box.model_copy(update={k: rel(getattr(box, k)) for k in paths}))
+    return out
+
+
+def _resolve_webhooks(
+    hooks: list[WebhookConfig], rel: Any, path: Path | None
+) -> list[WebhookConfig]:
+    """``secret_file`` relative to the config file; names (default: from the URL) unique."""
+    from emaild.config_webhooks import default_name
+
+    names: set[str] = set()
+    out = []
+    for index, hook in enumerate(hooks):
+        name = hook.name or default_name(hook.url)
+        if name in names:
+            raise ConfigError(
+                f"webhook name {name!r} is used twice (set name = ...)",
+                file=str(path) if path else None,
+                key=f"webhook.{index}.name",
+            )
+        names.add(name)
+        out.append(hook.model_copy(update={"name": name, "secret_file": rel(hook.secret_file)}))
     return out

@@ -20,22 +20,29 @@ from pydantic import (
 )
 
 from emaild.config_base import MiB, Section
+from emaild.config_host import DaemonConfig, HttpConfig, PostfixConfig
 from emaild.config_ops import AlertsConfig, ForwardingTestConfig, MetricsConfig
 from emaild.config_retention import RetentionConfig
 from emaild.config_trust import SpamConfig, TrustConfig
 from emaild.config_webform import WebConfig, WebformConfig
+from emaild.config_webhooks import WebhookConfig, WebhooksConfig
 
 __all__ = [
     "AlertsConfig",
+    "DaemonConfig",
     "ForwardingTestConfig",
+    "HttpConfig",
     "MetricsConfig",
     "MiB",
+    "PostfixConfig",
     "RetentionConfig",
     "Section",
     "SpamConfig",
     "TrustConfig",
     "WebConfig",
     "WebformConfig",
+    "WebhookConfig",
+    "WebhooksConfig",
 ]
 
 Priority = Literal["Low", "Medium", "High", "Urgent"]
@@ -352,32 +359,6 @@ class VerificationConfig(Section):
     hold_unverified: bool = True
 
 
-class HttpConfig(Section):
-    """The HTTP API (``emaild.http``) served inside ``emaild run``."""
-
-    # "HOST:PORT"; empty = no HTTP server (unless systemd passes an "http" socket).
-    listen: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    # Request bodies above this are refused with 413 before they are parsed.
-    max_body_bytes: Annotated[int, Field(gt=0)] = 10 * MiB
-
-
-class PostfixConfig(Section):
-    """Postfix maps generated from the address book (``emaild postfix maps``)."""
-
-    maps_dir: str = ""
-    transport: str = "lmtp:inet:127.0.0.1:2526"
-    map_type: str = "hash"
-    postmap: str = "postmap"
-
-
-class DaemonConfig(Section):
-    """Process lifecycle under systemd."""
-
-    shutdown_deadline_seconds: Annotated[float, Field(ge=0)] = 30.0
-
-
 class Config(Section):
     """The whole configuration. ``source`` is the file it came from, if any."""
 
@@ -404,6 +385,8 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
     forwarding_test: list[ForwardingTestConfig] = []
+    webhook: list[WebhookConfig] = []
+    webhooks: WebhooksConfig = WebhooksConfig()
     source: str = Field(default="", exclude=True)
     # True when no [[address]] was configured and the embedded default stands in;
     # addresses managed with ``emaild address`` then replace it (emaild.addresses).

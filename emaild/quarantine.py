@@ -21,6 +21,7 @@ from emaild.intake import Envelope, IngestResult, Outcome
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
 from emaild.store.models import QuarantineEntry
+from emaild.webhooks.outbox import publish
 
 HELD = "held"
 RELEASED = "released"
@@ -80,6 +81,26 @@ def add(session: Session, held: Held, now: datetime) -> QuarantineEntry:
     )
     session.add(entry)
     session.flush()
+    # A new entry (not a repeat of a held one) is a webhook event, in this transaction.
+    publish(
+        session,
+        "quarantine.added",
+        {
+            "quarantine": {
+                "id": entry.id,
+                "reason": entry.reason,
+                "stage": entry.stage,
+                "error": entry.error[:500],
+                "channel": entry.channel,
+                "envelope_from": entry.envelope_from,
+                "envelope_to": list(entry.envelope_to)[:50],
+                "raw_size": entry.raw_size,
+                "links": {"list": "/api/v1/quarantine"},
+            }
+        },
+        now,
+        addresses=held.envelope_to,
+    )
     return entry
 
 

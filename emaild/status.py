@@ -3,8 +3,8 @@
 Everything comes from the database, so the command works the same whether
 the daemon runs here, elsewhere, or not at all: routing addresses with their
 verification state and held mail, each channel's last success and failure
-(``channel_status``, written by the daemon), the outbox by status, and the
-quarantine.
+(``channel_status``, written by the daemon), the outbox by status, webhook
+subscriptions (failing or disabled ones need attention), and the quarantine.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from emaild.store.models import ChannelStatus, OutboxItem, QuarantineEntry
+from emaild.webhooks.subscriptions import webhook_status
 
 if TYPE_CHECKING:
     from emaild.app import App
@@ -76,6 +77,7 @@ def gather_status(app: App) -> dict[str, Any]:
                 )
             )
         }
+        webhooks = webhook_status(session, now, app.config.webhooks.failing_after_seconds)
     configured = _configured_channels(app)
     seen = {c["name"] for c in channels}
     channels += [
@@ -108,6 +110,7 @@ def gather_status(app: App) -> dict[str, Any]:
             "address": f"{app.config.relay.host}:{app.config.relay.port}",
             "configured": app.config.relay_configured,
         },
+        "webhooks": webhooks,
         "held_messages": sum(int(a["held_messages"]) for a in addresses),
         "quarantine_errors": errors,
     }
@@ -141,6 +144,7 @@ def attention(data: dict[str, Any]) -> list[str]:
         out.append(
             f"outbox: {data['outbox']['failed']} failed (emaild outbox list --status failed)"
         )
+    out += [f"webhook {w['name']}: {w['problem']}" for w in data["webhooks"] if w["problem"]]
     if data["quarantine_errors"]:
         out.append(
             f"quarantine: {data['quarantine_errors']} messages failed processing"

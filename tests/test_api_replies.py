@@ -77,6 +77,9 @@ def test_reply_round_trip_then_close_and_a_late_answer(make_api: Any, relay_sink
         [closing] = relay_sink.wait_for(2, timeout=30)[1:]
         assert closing.message()["In-Reply-To"] == "<a1@customer.test>"
         kinds = [e["kind"] for e in c.get(f"/cases/{number}/events").json()["items"]]
+        assert kinds.count("message.sent") >= 1  # the first reply, once the relay took it
+        # message.sent of the closing reply lands whenever its delivery does
+        kinds = [k for k in kinds if k != "message.sent"]
         assert kinds.count("reply.queued") == 2 and kinds[-1] == "case.status"
 
     late = build_mail(

@@ -22,6 +22,7 @@ DOMAIN = (
     "webform",
     "privacy",
     "reports",
+    "webhooks",
 )
 MAX_MODULE_LINES = 450
 MAX_CLASS_LINES = 300

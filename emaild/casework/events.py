@@ -1,4 +1,4 @@
-"""``case_events`` rows: who did what to a case, and when."""
+"""``case_events`` rows: who did what to a case, and when (and the webhooks that tell)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from emaild.store.models import CaseEvent
+from emaild.webhooks.outbox import fan_out
 
 # The pipeline's actor: a change that came in by mail.
 MAIL = "mail"
@@ -27,13 +28,15 @@ def record(
 def record_many(
     session: Session, events: list[tuple[int, str, dict[str, Any]]], actor: str, at: datetime
 ) -> None:
-    """Several events of one change in one executemany."""
+    """Several events of one change in one executemany, and their webhook deliveries
+    (``emaild.webhooks.outbox``) in the same transaction: the one place both are written."""
     rows = [
         {"case_id": case_id, "kind": kind, "actor": actor, "at": at, "data": data}
         for case_id, kind, data in events
     ]
     if rows:
         session.connection().execute(_INSERT, rows)
+        fan_out(session, events, actor, at)
 
 
 def event_json(e: CaseEvent) -> dict[str, Any]:

@@ -34,6 +34,7 @@ COMMANDS = {
     "status": "status",
     "token": "token",
     "web": "webform",
+    "webhook": "webhook",
     "webform": "webform",
 }
 

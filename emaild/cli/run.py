@@ -37,6 +37,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     from emaild.systemd import listen_fds
     from emaild.verification.release import ReleaseJob
     from emaild.webform.cap import release_job
+    from emaild.webhooks.component import webhook_component
 
     if log_level:
         from emaild import logs
@@ -49,6 +50,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     # answer only once everything it reports on runs).
     components: tuple[ComponentFactory, ...] = (
         outbox_component,
+        webhook_component,
         lambda app: ReleaseJob(app.pipeline.release_held),
         imap_component,
         release_job,

@@ -1,4 +1,4 @@
-"""``emaild status``: addresses, channels, outbox and quarantine on one screen."""
+"""``emaild status``: addresses, channels, outbox, webhooks and quarantine on one screen."""
 
 from __future__ import annotations
 
@@ -96,6 +96,13 @@ def _print(data: dict[str, Any]) -> None:
         click.echo(f"  relay: {data['relay']['address']} (the default: no [relay] configured)")
     if box["last_error"] and (box["queued"] or box["failed"]):
         click.echo(f"  last relay error: {box['last_error'][:100]}")
+    for w in data["webhooks"]:
+        state = "enabled" if w["enabled"] else f"DISABLED ({w['disabled_reason'][:60]})"
+        health = f", failing since {age(w['failing_since'], now)}" if w["failing_since"] else ""
+        click.echo(
+            f"Webhook {w['name']}: {state}{health}; {w['pending']} pending, "
+            f"{w['delivered']} delivered, {w['failed']} failed"
+        )
     q = data["quarantine"]
     click.echo(
         f"Quarantine: {q['held']} held" + ("  (emaild quarantine list)" if q["held"] else "")

@@ -74,7 +74,17 @@ def create_app(app: App, run_sync: RunSync | None = None, host: Host | None = No
     ``/metrics``, ``/healthz`` and ``/readyz`` are served at the root too, unless
     ``[metrics] listen`` gives them a listener of their own (``create_ops_app``).
     """
-    from emaild.http.routes import admin, cases, files, intake, ops, privacy, reports, webform
+    from emaild.http.routes import (
+        admin,
+        cases,
+        files,
+        intake,
+        ops,
+        privacy,
+        reports,
+        webform,
+        webhooks,
+    )
     from emaild.http.webform_gate import RateGate, WebState
 
     api = FastAPI(
@@ -88,7 +98,7 @@ def create_app(app: App, run_sync: RunSync | None = None, host: Host | None = No
     _install_context(api, app, run_sync, host)
     problems.install(api)
     v1 = APIRouter(prefix=PREFIX)
-    for module in (cases, intake, files, admin, privacy, reports):
+    for module in (cases, intake, files, admin, privacy, reports, webhooks):
         v1.include_router(module.router)
     api.include_router(v1)
     if not app.config.metrics.listen:

@@ -36,6 +36,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from emaild.casework import events
 from emaild.channels.health import ChannelHealth
 from emaild.clock import utcnow
 from emaild.outbox import queue
@@ -207,8 +208,13 @@ def _deliver_one(
     raw_sha, _ = app.blobs.put(item.raw)
 
     def record(s: Session) -> None:
-        queue.mark_sent(s, item.id, clock())
-        store_outbound(app, s, item, raw_sha, clock())
+        now = clock()
+        queue.mark_sent(s, item.id, now)
+        stored = store_outbound(app, s, item, raw_sha, now)
+        if stored is not None and item.case_id is not None:
+            # The case's history (and its webhooks): what went to whom, once sent.
+            sent = {"message": stored.id, "to": item.rcpt_to, "outbox_kind": item.kind}
+            events.record(s, item.case_id, "message.sent", events.MAIL, now, **sent)
 
     app.db.run(record, attempts=3)
     report.sent.append(item.id)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from emaild.addresses import AddressBook
 from emaild.store.models import ManagedAddress
+from emaild.webhooks.outbox import publish
 
 
 def verified_in_session(session: Session, book: AddressBook, address: str) -> bool:
@@ -31,7 +32,8 @@ def verified_in_session(session: Session, book: AddressBook, address: str) -> bo
 
 
 def mark_verified(session: Session, address: str, now: datetime) -> bool:
-    """Record that ``address`` is verified; True if it was not before.
+    """Record that ``address`` is verified (and the ``address.verified`` webhook event);
+    True if it was not before.
 
     Config addresses have no row and need none: they count as verified.
     """
@@ -41,4 +43,12 @@ def mark_verified(session: Session, address: str, now: datetime) -> bool:
     if row is None or row.verified_at is not None:
         return False
     row.verified_at = now
+    # Webhooks hear of it in this same transaction (emaild.webhooks).
+    publish(
+        session,
+        "address.verified",
+        {"address": row.address, "verified_at": now.isoformat()},
+        now,
+        addresses=[row.address],
+    )
     return True

@@ -87,6 +87,9 @@ class PersistStage:
         if ctx.outcome is Outcome.NEW_CASE:
             events.insert(0, (ctx.case.id, "case.created", {"channel": ctx.envelope.channel}))
         else:
+            if ctx.classification is not None and ctx.classification.is_bounce:
+                # A bounce of our mail threaded onto its case (correlation/bounce.py).
+                events.append((ctx.case.id, "message.bounced", {"message": ctx.message.id}))
             status = inspect(ctx.case).attrs.status.history
             if status.deleted and status.added:  # correlate reopened it (closed-case policy)
                 ctx.case.version += 1

@@ -1,0 +1,203 @@
+"""The daemon's webhook component: claim due deliveries, POST them, record the outcome.
+
+One background task per daemon. It looks for due deliveries every
+``webhooks.poll_interval_seconds`` (a read-only query), claims up to
+``concurrency`` minus those in flight (a committed lease, see
+``emaild.webhooks.queue``) and POSTs each in its own task on the event loop
+(httpx); database work runs in the daemon's worker pool. When a delivery
+finishes the loop looks again at once: the next event of that case may now go.
+
+On start, claims left by a dead process on this host are released (a crash
+or SIGKILL must not hold events back for a whole lease). On stop, no new
+claims are made and deliveries in flight are given until the daemon's
+deadline; an unfinished one keeps its claim, which lapses, and is sent again:
+receivers deduplicate by ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from emaild.clock import utcnow
+from emaild.component import Host
+from emaild.config import WebhooksConfig
+from emaild.errors import EmaildError
+from emaild.webhooks import delivery, queue
+from emaild.webhooks.sender import Result, make_client, post, public_target_problem
+
+if TYPE_CHECKING:
+    from emaild.app import App
+
+log = structlog.get_logger("emaild.webhooks")
+
+
+class WebhookComponent:
+    """Delivers the webhook outbox from inside ``emaild run``."""
+
+    name = "webhooks"
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.host: Host | None = None
+        self.worker = queue.worker_name()
+        self.rng = random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[queue.Claimed, Result, asyncio.Future[None]]] = []
+        self._record_wake = asyncio.Event()
+        self._task: Any = None
+        self._recorder_task: Any = None
+
+    @property
+    def settings(self) -> WebhooksConfig:
+        return self.app.config.webhooks
+
+    def lease(self) -> float:
+        """How long a claim holds: the attempt's timeout with a wide margin."""
+        return max(30.0, self.settings.timeout_seconds * 3)
+
+    async def start(self, host: Host) -> None:
+        self.host = host
+        self.client = make_client(self.settings.timeout_seconds)
+        try:
+            freed = await host.run_sync(self.app.db.run, partial(queue.release_dead, now=utcnow()))
+            if freed:
+                log.info("webhooks.claims_released", deliveries=freed)
+        except EmaildError as exc:
+            log.warning("webhooks.release_failed", error=str(exc))
+        self._task = host.spawn(self._run(), "webhooks")
+        self._recorder_task = host.spawn(self._recorder(), "webhooks-recorder")
+
+    async def _run(self) -> None:
+        assert self.host is not None
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await self._claim()
+            except EmaildError as exc:  # the database is down: try again later
+                log.warning("webhooks.claim_failed", error=str(exc))
+                claimed = 0
+            except Exception as exc:
+                log.error(
+                    "webhooks.claim_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                )
+                claimed = 0
+            if claimed and len(self._inflight) < self.settings.concurrency:
+                continue  # more may be due right away
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_seconds)
+
+    async def _claim(self) -> int:
+        assert self.host is not None
+        free = self.settings.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        now = utcnow()
+
+        def look() -> bool:
+            with self.app.db.session(readonly=True) as session:
+                return queue.any_due(session, now)
+
+        if not await self.host.run_sync(look):
+            return 0
+        work = partial(queue.claim_due, worker=self.worker, now=now, lease=self.lease(), limit=free)
+        items = await self.host.run_sync(self.app.db.run, work)
+        for item in items:
+            task = asyncio.get_running_loop().create_task(self._deliver(item))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        return len(items)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _deliver(self, item: queue.Claimed) -> None:
+        """POST one delivery; its outcome is stored by the recorder (batched)."""
+        settings = self.settings
+        try:
+            problem = ""
+            if item.source != "config" and not settings.allow_private:
+                problem = await public_target_problem(item.url)
+            if problem:
+                result = Result(None, problem, 0)
+            else:
+                result = await post(
+                    self.client,
+                    item.url,
+                    item.secret,
+                    item.event_uid,
+                    item.body,
+                    settings.timeout_seconds,
+                )
+        except Exception as exc:  # a bug: the claim lapses and the delivery is retried
+            log.error("webhooks.delivery_error", delivery=item.id, error=repr(exc), exc_info=exc)
+            return
+        finished = asyncio.get_running_loop().create_future()
+        self._finished.append((item, result, finished))
+        self._record_wake.set()
+        await finished  # in flight until stored: the case's next event waits for it
+
+    async def _recorder(self) -> None:
+        """Store finished attempts, all that are waiting in one transaction."""
+        assert self.host is not None
+        while True:
+            await self._record_wake.wait()
+            self._record_wake.clear()
+            batch, self._finished = self._finished, []
+            if not batch:
+                if self._stopping and not self._inflight:
+                    return
+                continue
+            work = partial(
+                delivery.record_many,
+                done=[(item, result) for item, result, _ in batch],
+                worker=self.worker,
+                now=utcnow(),
+                settings=self.settings,
+                rng=self.rng,
+            )
+            try:
+                outcomes = await self.host.run_sync(self.app.db.run, work, attempts=3)
+            except Exception as exc:  # not stored: the claims lapse, the POSTs are repeated
+                log.warning("webhooks.record_failed", error=f"{type(exc).__name__}: {exc}")
+                outcomes = ["unrecorded"] * len(batch)
+            for (item, result, finished), outcome in zip(batch, outcomes, strict=True):
+                if not finished.done():
+                    finished.set_result(None)
+                if outcome != queue.DELIVERED:
+                    log.info(
+                        "webhooks.not_delivered",
+                        delivery=item.id,
+                        webhook=item.subscription,
+                        webhook_id=item.event_uid,
+                        outcome=outcome,
+                        status=result.status,
+                        error=result.error,
+                        attempts=item.attempts + 1,
+                    )
+
+    async def stop(self) -> None:
+        """No new claims; wait for deliveries in flight (the daemon bounds the wait)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._record_wake.set()
+        if self._recorder_task is not None:
+            await self._recorder_task
+        await self.client.aclose()
+
+
+def webhook_component(app: App) -> WebhookComponent:
+    """``COMPONENTS`` factory: always runs (subscriptions may be added at run time)."""
+    return WebhookComponent(app)
