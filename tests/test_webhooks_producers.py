@@ -169,3 +169,20 @@ def test_config_subscriptions_are_synced_and_win(make_app: Any, tmp_path: Path) 
         assert "webhook.0.secret_file" in str(exc)
     else:
         raise AssertionError("a bad secret file must be a config error")
+
+
+def test_channel_alerts_are_published_to_webhooks(make_app: Any, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from emaild.alerts.events import emit
+
+    app = make_app(hook(tmp_path, 'events = ["channel.failing", "channel.recovered"]'))
+    at = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    data = {"channel": "imap:support", "kind": "imap", "error": "authentication failed"}
+    app.db.run(lambda s: emit(s, "channel.failing", data, at))
+    app.db.run(lambda s: emit(s, "channel.recovered", {"channel": "imap:support"}, at))
+    got = bodies(app)
+    assert [b["type"] for b in got] == ["channel.failing", "channel.recovered"]
+    assert got[0]["data"]["channel"] == "imap:support"
+    with app.db.session() as s:
+        assert len(list(s.scalars(select(WebhookDelivery)))) == 2
