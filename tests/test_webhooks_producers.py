@@ -175,6 +175,7 @@ def test_channel_alerts_are_published_to_webhooks(make_app: Any, tmp_path: Path)
     from datetime import UTC, datetime
 
     from emaild.alerts.events import emit
+    from emaild.observe.figures import read_figures
 
     app = make_app(hook(tmp_path, 'events = ["channel.failing", "channel.recovered"]'))
     at = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -186,3 +187,7 @@ def test_channel_alerts_are_published_to_webhooks(make_app: Any, tmp_path: Path)
     assert got[0]["data"]["channel"] == "imap:support"
     with app.db.session() as s:
         assert len(list(s.scalars(select(WebhookDelivery)))) == 2
+        # The queue as /metrics shows it (emaild_webhook_deliveries and its oldest age).
+        figures = read_figures(s, at)
+        assert figures.webhooks == {"pending": 2, "delivered": 0, "failed": 0}
+        assert figures.oldest_webhook is not None

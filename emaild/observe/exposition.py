@@ -85,6 +85,17 @@ def _database_families(f: Figures) -> Iterable[Metric]:
     )
     age.add_metric([], (f.taken_at - f.oldest_queued).total_seconds() if f.oldest_queued else 0.0)
     yield age
+    hooks = _gauge("emaild_webhook_deliveries", "Webhook deliveries by status.", ["status"])
+    for status, n in sorted(f.webhooks.items()):
+        hooks.add_metric([status], n)
+    yield hooks
+    hook_age = _gauge(
+        "emaild_webhook_oldest_pending_age_seconds",
+        "Age of the oldest pending webhook delivery (0 when none is pending).",
+    )
+    oldest = f.oldest_webhook
+    hook_age.add_metric([], (f.taken_at - oldest).total_seconds() if oldest else 0.0)
+    yield hook_age
     quarantine = _gauge(
         "emaild_quarantine_held_messages", "Quarantine entries held, by reason.", ["reason"]
     )

@@ -26,6 +26,7 @@ from emaild.store.models import (
     Message,
     OutboxItem,
     QuarantineEntry,
+    WebhookDelivery,
 )
 
 
@@ -52,6 +53,8 @@ class Figures:
     taken_at: datetime
     outbox: dict[str, int] = field(default_factory=dict)
     oldest_queued: datetime | None = None
+    webhooks: dict[str, int] = field(default_factory=dict)
+    oldest_webhook: datetime | None = None
     quarantine_held: dict[str, int] = field(default_factory=dict)
     held_messages: int = 0
     blob_bytes: dict[str, int] = field(default_factory=dict)
@@ -67,6 +70,16 @@ def read_figures(session: Session, now: datetime) -> Figures:
         outbox[str(status)] = int(n)
     oldest = session.scalar(
         select(func.min(OutboxItem.created_at)).where(OutboxItem.status == "queued")
+    )
+    webhooks = {"pending": 0, "delivered": 0, "failed": 0}
+    for status, n in session.execute(
+        select(WebhookDelivery.status, func.count(WebhookDelivery.id)).group_by(
+            WebhookDelivery.status
+        )
+    ):
+        webhooks[str(status)] = int(n)
+    oldest_webhook = session.scalar(
+        select(func.min(WebhookDelivery.created_at)).where(WebhookDelivery.status == "pending")
     )
     held_by_reason = {
         str(reason): int(n)
@@ -102,6 +115,8 @@ def read_figures(session: Session, now: datetime) -> Figures:
         taken_at=now,
         outbox=outbox,
         oldest_queued=oldest,
+        webhooks=webhooks,
+        oldest_webhook=oldest_webhook,
         quarantine_held=held_by_reason,
         held_messages=int(held or 0),
         blob_bytes={
