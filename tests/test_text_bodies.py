@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import quopri
+import tracemalloc
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from emaild.app import App
+from emaild.mime.forwarded import find_original
 from emaild.mime.parse import parse_message
 from emaild.mime.spool import MARKER_PREFIX
 from emaild.pipeline import Envelope, Outcome
@@ -27,6 +29,7 @@ from emaild.store.blobs import BlobStore
 from emaild.store.models import Attachment
 from emaild.store.models import Message as MessageRow
 
+MiB = 1024 * 1024
 BUDGET = 64 * 1024
 THRESHOLD = 256 * 1024
 HEAD = (
@@ -197,3 +200,26 @@ def test_the_case_keeps_the_cut_text_and_the_whole_body(app: App) -> None:
     assert app.blobs.read(hashlib.sha256(raw).hexdigest()) == raw
     assert any(d["decision"] == "text body truncated" for d in trace)
     assert any("whole part" in d for d in defects)
+
+
+def test_an_attached_forward_is_found_in_a_big_message_without_parsing_it_whole() -> None:
+    forward = (Path(__file__).parent / "forwarded" / "attached.eml").read_bytes()
+    note = b"See the attached message from the customer.\r\n"
+    inner = b"The printer in room 4 is on fire.\r\n"
+    raw = forward.replace(note, note + story(3 * MiB).encode()).replace(
+        inner, inner + story(3 * MiB).encode()
+    )
+    parsed = parse_message(raw, spool_threshold=THRESHOLD)
+    # The agent's note and the attached message's body: each cut, each stored whole.
+    assert len(parsed.truncated) == 2
+    assert [a.filename for a in parsed.attachments][-2:] == ["body.txt", "body-2.txt"]
+    tracemalloc.start()
+    try:
+        found = find_original(parsed.text, raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found is not None and found.addr == "carol@customer.test"
+    # Parsed whole, 6 MiB of text cost over 40 MiB; the cut skeleton costs what
+    # 512 KiB of text does, whatever the message's size.
+    assert peak < 10 * MiB, f"{peak / MiB:.1f} MiB for a message of {len(raw) / MiB:.1f} MiB"

@@ -43,6 +43,8 @@ from emaild.mime.transfer import decoder, prefix
 TEXT_BUDGET = 512 * 1024
 _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
 _HEAD_LIMIT = 256 * 1024
+_MAX_NESTED = 20  # messages attached inside attached messages
+_ATTACHED_MESSAGE = ("message/rfc822", "message/global")
 _BODY_TYPES = ("text/plain", "text/html")
 MARKER_PREFIX = b"emaild-spooled:"
 
@@ -147,9 +149,13 @@ def spool_large_parts(
 
 
 def _leaves(raw: bytes) -> Iterator[_Leaf]:
-    """The leaf parts of ``raw``: its own body when it is not multipart, else each part's."""
-    top = _leaf(raw, 0, len(raw))
-    if top is not None and top.head.get_content_maintype() not in ("multipart", "message"):
+    """The leaf parts of ``raw``: its own body when it is not multipart, else each part's.
+
+    The body of an attached message (``message/rfc822``) that is not multipart
+    is a leaf too; a multipart one's parts are found by their delimiters.
+    """
+    top = _single(_leaf(raw, 0, len(raw)), raw)
+    if top is not None:
         yield top
         return
     boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY.finditer(raw)}
@@ -167,9 +173,25 @@ def _leaves(raw: bytes) -> Iterator[_Leaf]:
             end -= 2
         elif raw[end - 1 : end] == b"\n":
             end -= 1
-        leaf = _leaf(raw, current.end() + 1, end)
-        if leaf is not None and leaf.head.get_content_maintype() not in ("multipart", "message"):
+        leaf = _single(_leaf(raw, current.end() + 1, end), raw)
+        if leaf is not None:
             yield leaf
+
+
+def _single(leaf: _Leaf | None, raw: bytes, depth: int = 0) -> _Leaf | None:
+    """``leaf`` if it is a leaf; the body of the message it attaches, if that is one."""
+    if leaf is None:
+        return None
+    maintype = leaf.head.get_content_maintype()
+    if maintype == "multipart":
+        return None
+    if maintype != "message":
+        return leaf
+    if leaf.head.get_content_type() not in _ATTACHED_MESSAGE:
+        return None  # delivery-status and the like: header blocks, left to the parser
+    if leaf.encoding in ("base64", "quoted-printable") or depth >= _MAX_NESTED:
+        return None  # not an RFC 2046 message part: left to the parser
+    return _single(_leaf(raw, leaf.body_start, leaf.body_end), raw, depth + 1)
 
 
 def _leaf(raw: bytes, start: int, end: int) -> _Leaf | None:
