@@ -2,7 +2,7 @@
 
 Starts the daemon as a subprocess (``tests/smtp_helpers.DaemonProcess``, SQLite
 in a throwaway state directory) with ``limits.data_bytes_in_flight`` (default
-128 MiB). Warms it up with a small message, then:
+128 MiB). Warms it up with a small message and a small HTML one, then:
 
 1. sends one message of SIZE bytes (a base64 attachment, ``SIZE`` declared)
    and prints the daemon's VmHWM above its idle RSS as a ratio of the message
@@ -73,6 +73,9 @@ def main() -> None:
             pid = daemon.proc.pid
             with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=60) as c:
                 c.sendmail("a@customer.test", ["support@example.com"], big_message(0, MiB, 1))
+                # The first HTML body imports the HTML-to-text renderer (lxml), once.
+                html = text_message(0, 64 * 1024, "html")
+                c.sendmail("a@customer.test", ["support@example.com"], html)
             idle = rss(pid)
             reset_peak(pid)
             one = big_message(0, size)
