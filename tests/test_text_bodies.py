@@ -223,3 +223,27 @@ def test_an_attached_forward_is_found_in_a_big_message_without_parsing_it_whole(
     # Parsed whole, 6 MiB of text cost over 40 MiB; the cut skeleton costs what
     # 512 KiB of text does, whatever the message's size.
     assert peak < 10 * MiB, f"{peak / MiB:.1f} MiB for a message of {len(raw) / MiB:.1f} MiB"
+
+
+def test_only_declared_boundaries_split_parts(tmp_path: Path) -> None:
+    # A text body quoting MIME (a bounce, a developer's question) is one body,
+    # however much it looks like parts; a last part without its closing
+    # delimiter still runs to the end of the message.
+    quoted = (
+        'Content-Type: multipart/mixed; boundary="zz"\r\n\r\n--zz\r\n'
+        "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(b"\x00" * 300_000).decode().replace("\n", "\r\n")
+        + "--zz--\r\n"
+    )
+    raw = single("text/plain", "7bit", quoted.encode())
+    parsed = parse_message(raw, spool_threshold=64 * 1024, text_budget=1 << 20)
+    assert parsed.attachments == [] and parsed.text == quoted
+    unclosed = (
+        HEAD.format(n=4) + 'Content-Type: multipart/mixed; boundary="u"\r\n\r\n--u\r\n'
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    ).encode() + story(200 * 1024).encode()
+    blobs = BlobStore(tmp_path / "blobs")
+    parsed = parse_message(unclosed, spool_threshold=THRESHOLD, sink=blobs, text_budget=BUDGET)
+    [body] = parsed.attachments
+    assert blobs.read(body.sha256) == decoded(leaves(unclosed)[0])
+    assert len(parsed.text.encode()) <= BUDGET

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import mimetypes
 import re
 import secrets
@@ -41,10 +40,11 @@ from emaild.mime.transfer import decoder, prefix
 
 # Text bodies kept for the parser, together, in bytes as transmitted.
 TEXT_BUDGET = 512 * 1024
-_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
 _HEAD_LIMIT = 256 * 1024
 _MAX_NESTED = 20  # messages attached inside attached messages
 _ATTACHED_MESSAGE = ("message/rfc822", "message/global")
+# A header line as the stdlib's feedparser sees one (its headerRE).
+_FIELD_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _BODY_TYPES = ("text/plain", "text/html")
 MARKER_PREFIX = b"emaild-spooled:"
 
@@ -149,69 +149,81 @@ def spool_large_parts(
 
 
 def _leaves(raw: bytes) -> Iterator[_Leaf]:
-    """The leaf parts of ``raw``: its own body when it is not multipart, else each part's.
+    """The leaf parts of ``raw`` in order, found as the parser finds them.
 
-    The body of an attached message (``message/rfc822``) that is not multipart
-    is a leaf too; a multipart one's parts are found by their delimiters.
+    Each multipart's parts are split at the delimiter lines of its own
+    declared boundary, within its own span (a boundary that only appears in
+    some text is not one); the body of an attached message
+    (``message/rfc822``) is walked like a message.
     """
-    top = _single(_leaf(raw, 0, len(raw)), raw)
-    if top is not None:
-        yield top
-        return
-    boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY.finditer(raw)}
-    if not boundaries:
-        return
-    alternation = b"|".join(re.escape(b) for b in sorted(boundaries, key=len, reverse=True))
-    delimiter = re.compile(rb"^--(?:" + alternation + rb")(--)?[ \t]*\r?$", re.M)
-    for current, following in itertools.pairwise(delimiter.finditer(raw)):
-        if current.group(1):  # a closing delimiter starts no part
-            continue
-        # The line break ending the delimiter line starts the part; the one
-        # before the next delimiter belongs to that delimiter (RFC 2046 5.1.1).
-        end = following.start()
-        if raw[end - 2 : end] == b"\r\n":
-            end -= 2
-        elif raw[end - 1 : end] == b"\n":
-            end -= 1
-        leaf = _single(_leaf(raw, current.end() + 1, end), raw)
-        if leaf is not None:
-            yield leaf
+    yield from _walk(raw, 0, len(raw), 0)
 
 
-def _single(leaf: _Leaf | None, raw: bytes, depth: int = 0) -> _Leaf | None:
-    """``leaf`` if it is a leaf; the body of the message it attaches, if that is one."""
-    if leaf is None:
-        return None
+def _walk(raw: bytes, start: int, end: int, depth: int) -> Iterator[_Leaf]:
+    leaf = _leaf(raw, start, end)
+    if leaf is None or depth > _MAX_NESTED:
+        return
     maintype = leaf.head.get_content_maintype()
-    if maintype == "multipart":
-        return None
-    if maintype != "message":
-        return leaf
-    if leaf.head.get_content_type() not in _ATTACHED_MESSAGE:
-        return None  # delivery-status and the like: header blocks, left to the parser
-    if leaf.encoding in ("base64", "quoted-printable") or depth >= _MAX_NESTED:
-        return None  # not an RFC 2046 message part: left to the parser
-    return _single(_leaf(raw, leaf.body_start, leaf.body_end), raw, depth + 1)
+    if maintype == "message":
+        if leaf.head.get_content_type() in _ATTACHED_MESSAGE and leaf.encoding not in (
+            "base64",
+            "quoted-printable",
+        ):
+            yield from _walk(raw, leaf.body_start, leaf.body_end, depth + 1)
+        return  # delivery-status and the like: header blocks, left to the parser
+    if maintype != "multipart":
+        yield leaf
+        return
+    try:
+        boundary = (leaf.head.get_boundary() or "").encode("ascii", "surrogateescape")
+    except UnicodeError:
+        return
+    if not boundary:
+        return
+    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.M)
+    lines = list(delimiter.finditer(raw, leaf.body_start, leaf.body_end))
+    for index, current in enumerate(lines):
+        if current.group(1):
+            return  # the closing delimiter: what follows is the epilogue
+        # The line break ending the delimiter line starts the part; the one
+        # before the next delimiter belongs to that delimiter (RFC 2046 5.1.1),
+        # and the stdlib's parser drops it at the end of an unclosed multipart too.
+        part_end = lines[index + 1].start() if index + 1 < len(lines) else leaf.body_end
+        if raw[part_end - 2 : part_end] == b"\r\n":
+            part_end -= 2
+        elif raw[part_end - 1 : part_end] == b"\n":
+            part_end -= 1
+        part_start = min(current.end() + 1, part_end)
+        yield from _walk(raw, part_start, part_end, depth + 1)
 
 
 def _leaf(raw: bytes, start: int, end: int) -> _Leaf | None:
-    """The part in raw[start:end]: its header fields and the span of its body."""
+    """The part in raw[start:end]: its header fields and the span of its body.
+
+    The header block ends where the stdlib's parser ends it: at an empty
+    line, or before the first line that is neither a field nor a
+    continuation (that line is body). None if it runs past ``_HEAD_LIMIT``.
+    """
     head_limit = min(end, start + _HEAD_LIMIT)
-    head_end, sep_len = -1, 0
-    if raw[start : start + 2] == b"\r\n" or raw[start : start + 1] == b"\n":
-        head_end = start  # no header fields: text/plain, 7bit (RFC 2046 5.1.1)
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        pos = raw.find(sep, start, head_limit)
-        if pos != -1 and (head_end == -1 or pos < head_end):
-            head_end, sep_len = pos, len(sep)
-    if head_end == -1:
-        return None
-    if head_end == start:
-        sep_len = 2 if raw[start : start + 2] == b"\r\n" else 1
+    pos = start
+    while True:
+        if pos >= end:
+            head_end = body_start = end
+            break
+        if pos >= head_limit:
+            return None
+        newline = raw.find(b"\n", pos, end)
+        line_end = newline + 1 if newline != -1 else end
+        if raw[pos:line_end] in (b"\r\n", b"\n"):
+            head_end, body_start = pos, line_end
+            break
+        if not _FIELD_LINE.match(raw, pos, line_end):
+            head_end = body_start = pos
+            break
+        pos = line_end
     head = BytesHeaderParser(policy=compat32).parsebytes(raw[start:head_end])
     encoding = str(head.get("content-transfer-encoding", "")).strip().lower()
-    body_start = min(head_end + sep_len, end)
-    return _Leaf(head, body_start, max(body_start, end), encoding)
+    return _Leaf(head, body_start, end, encoding)
 
 
 def _attachment(head: Message) -> bool:
