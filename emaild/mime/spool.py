@@ -2,10 +2,11 @@
 
 Parsing a 35 MB message whole keeps the encoded text, the stdlib parser's
 line lists, the decoded bytes and the decoded text in memory at once (8x to
-20x the wire size, the most for a text or HTML body). Instead we find each
-leaf part by its boundary lines (or the message's own body when it is not
-multipart), decode it in chunks straight into the blob store, and hand the
-parser a skeleton in which that body is replaced:
+20x the wire size, the most for a text or HTML body). Instead we walk the
+message's declared structure on the raw bytes (each multipart split at its
+own boundary, attached messages included), decode each large leaf body in
+chunks straight into the blob store, and hand the parser a skeleton in which
+that body is replaced:
 
 - an attachment's body by a short marker. The marker carries a per-call
   random nonce, so message content can never impersonate a spooled part;
@@ -19,7 +20,10 @@ parser a skeleton in which that body is replaced:
 
 So what the parser, the charset decoder and the text extraction see of a
 message is bounded by the budget and the attachment threshold, whatever
-the shape of its bulk.
+the shape of its bulk. One cost of this: an attached message that is itself
+stored as an attachment (``message/rfc822`` with a disposition) is
+re-serialised from the skeleton, so it carries the markers and cut bodies;
+its large parts are separate attachments and the raw message is exact.
 """
 
 from __future__ import annotations
