@@ -2,11 +2,14 @@
 
 Starts the daemon as a subprocess (``tests/smtp_helpers.DaemonProcess``, SQLite
 in a throwaway state directory) with ``limits.data_bytes_in_flight`` (default
-128 MiB). Warms it up with a small message, then:
+128 MiB). Warms it up with a small message and a small HTML one, then:
 
 1. sends one message of SIZE bytes (a base64 attachment, ``SIZE`` declared)
    and prints the daemon's VmHWM above its idle RSS as a ratio of the message
    (issue 18 §4: at most 1.5x, the DATA transfer being spooled to disk);
+   then one message of SIZE bytes whose bulk is a text body, for each of
+   quoted-printable text/plain and HTML (the parser sees 512 KiB of it, the
+   whole body is stored as an attachment), and prints the same ratio;
 2. sends CLIENTS such messages at once and prints how many got 250 and 451,
    whether every 250 is stored byte-exact, and VmHWM above idle RSS as a
    ratio of the budget and of one message.
@@ -30,7 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from memprobe import MiB, big_message, peak, reset_peak, rss, send_concurrently  # noqa: E402
+from memprobe import (  # noqa: E402
+    MiB,
+    big_message,
+    peak,
+    reset_peak,
+    rss,
+    send_concurrently,
+    text_message,
+)
 from smtp_helpers import DaemonProcess  # noqa: E402
 
 
@@ -62,6 +73,9 @@ def main() -> None:
             pid = daemon.proc.pid
             with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=60) as c:
                 c.sendmail("a@customer.test", ["support@example.com"], big_message(0, MiB, 1))
+                # The first HTML body imports the HTML-to-text renderer (lxml), once.
+                html = text_message(0, 64 * 1024, "html")
+                c.sendmail("a@customer.test", ["support@example.com"], html)
             idle = rss(pid)
             reset_peak(pid)
             one = big_message(0, size)
@@ -69,6 +83,15 @@ def main() -> None:
             single = send_concurrently(daemon.smtp_port, {0: one})
             one_s = time.monotonic() - started
             one_cost = peak(pid) - idle
+            texts: dict[str, tuple[int, int, float, int]] = {}
+            for kind in ("qp", "html"):
+                raw = text_message(0, size, kind)
+                idle_text = rss(pid)
+                reset_peak(pid)
+                started = time.monotonic()
+                code = send_concurrently(daemon.smtp_port, {0: raw})[0][0]
+                took = time.monotonic() - started
+                texts[kind] = (len(raw), code, took, peak(pid) - idle_text)
 
             sent = {n: big_message(n, size, seed=2) for n in range(args.clients)}
             idle_many = rss(pid)
@@ -100,6 +123,9 @@ def main() -> None:
         f"  VmHWM - idle RSS ({idle / MiB:.0f} MiB) = {one_cost / MiB:.1f} MiB: "
         f"{one_cost / len(one):.2f}x the message"
     )
+    for kind, (length, code, took, cost) in texts.items():
+        print(f"one {kind} text message of {length / MiB:.1f} MiB: reply {code} in {took:.1f} s")
+        print(f"  VmHWM - idle RSS = {cost / MiB:.1f} MiB: {cost / length:.2f}x the message")
     print(
         f"{args.clients} clients x {args.mib} MiB at once, budget {args.budget_mib} MiB, "
         f"{many_s:.1f} s"

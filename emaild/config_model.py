@@ -151,7 +151,7 @@ class LimitsConfig(Section):
     max_parts: Annotated[int, Field(ge=1)] = 1000
     max_part_depth: Annotated[int, Field(ge=1)] = 20
     # SMTP/LMTP messages in memory: each received message (spooled on disk)
-    # reserves its size + 6 MiB while a worker holds it; one that does not fit
+    # reserves its size + 12 MiB while a worker holds it; one that does not fit
     # waits, then gets 451 4.3.2 (channels/smtp/budget.py).
     data_bytes_in_flight: Annotated[int, Field(ge=MiB)] = 128 * MiB
     # The share of the workers one SMTP/LMTP peer address may hold at once.

@@ -11,6 +11,7 @@ Shared by tests/test_smtp_memory.py and bench/bench_data_budget.py:
 from __future__ import annotations
 
 import base64
+import quopri
 import random
 import smtplib
 import socket
@@ -69,6 +70,24 @@ def attachment(size: int, seed: int) -> bytes:
     # base64 of k bytes is 4k/3 characters plus a CRLF per 76 of them.
     data = random.Random(seed).randbytes((size - 200) * 57 // 78)
     return base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--zz--\r\n"
+
+
+def text_message(n: int, size: int, kind: str = "qp") -> bytes:
+    """About ``size`` bytes whose bulk is a text body: ``qp`` (text/plain,
+    quoted-printable UTF-8) or ``html`` (text/html, 8bit UTF-8), no attachment."""
+    ctype, cte = ("text/html", "8bit") if kind == "html" else ("text/plain", "quoted-printable")
+    head = (
+        f"From: text{n}@customer.test\r\nTo: support@example.com\r\nSubject: text {n}\r\n"
+        f"Message-ID: <text-{kind}-{n}@customer.test>\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: {ctype}; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    ).encode()
+    lines = [f"{n} {i}: Grüße aus Köln, ça va, 日本語のテキスト, naïve café" for i in range(1000)]
+    if kind == "html":
+        block = "".join(f"<p>{line}</p>\r\n" for line in lines).encode()
+    else:
+        block = quopri.encodestring("\n".join(lines).encode() + b"\n").replace(b"\n", b"\r\n")
+    body = block * ((size - len(head)) // len(block) + 1)
+    return head + body[: body.rfind(b"\r\n", 0, size - len(head)) + 2]
 
 
 def send_raw(port: int, pieces: Sequence[bytes], timeout: float = 120) -> tuple[int, str]:

@@ -23,13 +23,13 @@ from smtp_helpers import running_listener
 from sqlalchemy import select
 
 from emaild.app import App
-from emaild.channels.smtp.budget import TOO_MUCH_IN_FLIGHT, DataBudget, cost
+from emaild.channels.smtp.budget import TOO_MUCH_IN_FLIGHT, WORKING_SET, DataBudget, cost
 from emaild.pipeline.stages import insert_stage
 from emaild.store.models import Message
 
 MiB = 1024 * 1024
-# 12 MiB: room for one message of these tests (its size + budget.WORKING_SET), not two.
-BUDGET = 12 * MiB
+# Room for one message of these tests (its size + budget.WORKING_SET), not two.
+BUDGET = WORKING_SET + 6 * MiB
 CONFIG = f"[limits]\ndata_bytes_in_flight = {BUDGET}\nmax_message_bytes = 700000\n"
 DECLARED = 700_000
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
 
+from emaild.mime.spool import HashOnlySink, spool_large_parts
+
 MAX_SCAN_LINES = 400
+_SPOOL_THRESHOLD = 256 * 1024
 MAX_HEADER_LINES = 12
 MAX_PARTS = 50
 
@@ -110,7 +113,10 @@ def _unquote(line: str) -> str:
 def _attached(raw: bytes) -> Original | None:
     if not _RFC822.search(raw):
         return None  # no attached message: skip parsing the whole message again
-    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    # Parsed as ``parse`` does: large parts hashed away, text bodies cut, so a
+    # big message costs no more here than there.
+    skeleton = spool_large_parts(raw, _SPOOL_THRESHOLD, HashOnlySink()).skeleton
+    message = email.message_from_bytes(skeleton, policy=email.policy.compat32)
     for count, part in enumerate(message.walk()):
         if count >= MAX_PARTS:
             break

@@ -26,7 +26,14 @@ from emaild.errors import InputError
 from emaild.mime.headers import decode_value, repair_header_block, split_addresses
 from emaild.mime.htmltext import html_to_text
 from emaild.mime.parts import RawAttachment, extract, message_hints
-from emaild.mime.spool import MARKER_PREFIX, BlobSink, HashOnlySink, spool_large_parts
+from emaild.mime.spool import (
+    MARKER_PREFIX,
+    TEXT_BUDGET,
+    BlobSink,
+    HashOnlySink,
+    SpooledBody,
+    spool_large_parts,
+)
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -76,6 +83,8 @@ class ParsedMessage:
     charsets: list[str] = field(default_factory=list)
     # Content types of every MIME part, attachments or not (message/rfc822 inside a bounce).
     part_types: list[str] = field(default_factory=list)
+    # Text bodies cut to the text budget, each stored whole as an attachment (``spool``).
+    truncated: list[str] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded."""
@@ -128,17 +137,27 @@ class ParsedMessage:
 
 
 def parse_message(
-    raw: bytes, *, spool_threshold: int, sink: BlobSink | None = None, raw_sha256: str | None = None
+    raw: bytes,
+    *,
+    spool_threshold: int,
+    sink: BlobSink | None = None,
+    raw_sha256: str | None = None,
+    text_budget: int = TEXT_BUDGET,
 ) -> ParsedMessage:
     """Parse ``raw``; attachments go to ``sink`` (only hashed when it is None).
+
+    Text bodies beyond ``text_budget`` bytes are cut there and stored whole as
+    attachments (``spool``), so a text-heavy message costs no more to parse
+    than one with an attachment.
 
     Raises ``InputError`` for input that is not a message at all.
     """
     if not raw or raw.isspace():
         raise InputError("empty message")
     sink = sink or HashOnlySink()
-    skeleton, spooled = spool_large_parts(raw, spool_threshold, sink)
-    skeleton, notes = repair_header_block(skeleton)
+    spooled = spool_large_parts(raw, spool_threshold, sink, text_budget)
+    skeleton, notes = repair_header_block(spooled.skeleton)
+    notes = spooled.notes + notes
     message = _stdlib(skeleton)
     if not list(message.keys()):
         raise InputError("no header fields: not an RFC 5322 message")
@@ -172,7 +191,9 @@ def parse_message(
     parsed.part_types = sorted({part.get_content_type() for part in message.walk()})
     parsed.charsets = sorted({c for c in message.get_charsets() if c})
     parsed.defects = [_no_nul(n) for n in notes + body.notes][:50]
-    parsed.attachments = [_attachment(a, spooled, sink) for a in body.attachments]
+    parsed.attachments = [_attachment(a, spooled.parts, sink) for a in body.attachments]
+    parsed.attachments += [_body_attachment(b) for b in spooled.bodies]
+    parsed.truncated = list(spooled.notes)
     return parsed
 
 
@@ -197,6 +218,17 @@ def _attachment(item: RawAttachment, spooled: dict[bytes, Any], sink: BlobSink) 
         disposition=item.disposition or "attachment",
         size=size,
         sha256=sha,
+    )
+
+
+def _body_attachment(body: SpooledBody) -> ParsedAttachment:
+    return ParsedAttachment(
+        filename=body.filename,
+        content_type=body.content_type,
+        content_id="",
+        disposition="attachment",
+        size=body.size,
+        sha256=body.sha256,
     )
 
 

@@ -3,8 +3,9 @@
 A message being received costs almost no memory: DATA goes to a spool file
 as it arrives (``data.py``). It is held in memory from the moment a worker
 loads it for the pipeline until the pipeline is done with it: the raw bytes
-once, plus what parsing adds (little for the usual large message, whose
-attachments are decoded in chunks straight to the blob store). So that is
+once, plus what parsing adds (a bounded amount whatever the message's shape:
+attachments are decoded in chunks straight to the blob store, and text
+bodies reach the parser cut to a budget). So that is
 what ``limits.data_bytes_in_flight`` bounds: before a received message goes
 to a worker it reserves its size plus ``WORKING_SET``, and the reservation is
 returned when the worker finishes with it (not when the client is answered: a message whose
@@ -25,12 +26,19 @@ import collections
 import contextlib
 
 TOO_MUCH_IN_FLIGHT = "451 4.3.2 Too much mail in transit; try again later"
-# What the pipeline holds of a message besides its raw bytes, for the usual
-# large message (attachments decoded in 1 MiB chunks to the blob store, the
-# parsed skeleton, file buffers): measured at about 5 MiB for 34 MiB with one
-# base64 attachment (bench/bench_data_budget.py). A message whose bulk is a
-# text body costs several times its size to parse and is NOT covered by this.
-WORKING_SET = 6 * 1024 * 1024
+# What the pipeline holds of a message besides its raw bytes, whatever its
+# shape: attachments are decoded in 1 MiB chunks to the blob store and text
+# bodies reach the parser cut to 512 KiB (``mime/spool.py``), so this is the
+# parsed skeleton, the kept text and what is derived from it, and file
+# buffers. Measured over the raw bytes for 34 MiB through a warm ``emaild
+# run`` (tests/test_smtp_memory.py, bench/bench_data_budget.py): 5.4 MiB with
+# one base64 attachment, 4.4 MiB for a quoted-printable text/plain body,
+# 8.4 MiB for an HTML body (its text is derived from the kept HTML); in a
+# fresh process that has parsed little before (less freed memory to reuse):
+# 5.4 (quoted-printable), 6.5 (base64 text), 8.8 (8-bit text), 12.1 MiB
+# (HTML). The first HTML body after start also imports the HTML renderer
+# (lxml, about 8 MiB, once): that is the daemon's idle size, not a message's.
+WORKING_SET = 12 * 1024 * 1024
 
 
 def cost(size: int) -> int:

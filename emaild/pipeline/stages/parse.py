@@ -44,6 +44,9 @@ class ParseStage:
             attachments=len(p.attachments),
             defects=len(p.defects),
         )
+        if p.truncated:
+            # The raw message is stored byte-exact, and each whole part as an attachment.
+            ctx.decide(self.name, "text body truncated", parts=p.truncated)
         big = [a.filename for a in p.attachments if a.size > limits.max_attachment_bytes]
         if big:
             ctx.decide(
