@@ -204,6 +204,13 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
                 key=f"webform.{index}.name",
             )
         forms.add(form.name)
+        if form.confirm_email and not config.web.public_url:
+            raise ConfigError(
+                "confirm_email needs [web] public_url: the confirmation link is never "
+                "built from a request's Host header",
+                file=str(path) if path else None,
+                key=f"webform.{index}.confirm_email",
+            )
     webhooks = _resolve_webhooks(config.webhook, rel, path)
     return config.model_copy(
         update={

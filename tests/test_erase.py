@@ -261,3 +261,21 @@ def test_cli_erase_and_export(app: App, run_cli: Any, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["messages"] == 2
     assert ALICE not in _dump(app)
+
+
+def test_only_the_whole_address_is_erased_never_a_longer_one() -> None:
+    from emaild.privacy.scrub import ERASED, address_pattern, redact_bytes, replace_in
+
+    text = (
+        "bob@example.org, jimbob@example.org, bob@example.org.uk, <BOB@Example.org>, "
+        "x.bob@example.org, bob@example.org."
+    )
+    got = replace_in({"to": [text]}, address_pattern("bob@example.org"))
+    assert got == {
+        "to": [
+            f"{ERASED}, jimbob@example.org, bob@example.org.uk, <{ERASED}>, "
+            f"x.bob@example.org, {ERASED}."
+        ]
+    }
+    assert redact_bytes(text.encode(), "bob@example.org") == got["to"][0].encode()
+    assert redact_bytes(b"jimbob@example.org only", "bob@example.org") is None

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from smtp_helpers import free_port
 from sqlalchemy import select
 from webform_helpers import JSON, fields, form_toml, solve, solved
 
@@ -232,7 +233,11 @@ def test_forged_web_header_in_mail_is_ignored(make_app: Any) -> None:
 def test_confirm_email_opens_the_case_only_from_the_mailed_link(
     make_api: Any, relay_sink: Any
 ) -> None:
-    server = make_api(form_toml("confirm_email = true"))
+    port = free_port()
+    server = make_api(
+        form_toml("confirm_email = true") + f'[web]\npublic_url = "http://127.0.0.1:{port}"\n',
+        EMAILD_HTTP_LISTEN=f"127.0.0.1:{port}",
+    )
     with _client(server) as client:
         answer = client.post(
             "/web-to-case/contact", data={**fields(), "altcha": solved(client)}, headers=JSON
@@ -249,9 +254,14 @@ def test_confirm_email_opens_the_case_only_from_the_mailed_link(
         url = next(w for w in body.split() if "/confirm?" in w)
         assert url.startswith(server.base)
         forged = client.get(url.replace("token=", "token=0"))
-        opened = client.get(url)
-        again = client.get(url)
-    assert forged.status_code == 400
+        shown = client.get(url)  # what a link scanner fetches: a button, no case
+        with server.app.db.session() as session:
+            assert session.scalars(select(Case)).first() is None
+        assert shown.status_code == 200 and '<form method="post"' in shown.text
+        opened = client.post(url)
+        again = client.post(url)
+        forged_post = client.post(url.replace("token=", "token=0"))
+    assert forged.status_code == 400 and forged_post.status_code == 400
     assert opened.status_code == 200 and "Your case number is 1." in opened.text
     assert "Your case number is 1." in again.text  # the same answer, no second case
     with server.app.db.session() as session:
@@ -260,3 +270,11 @@ def test_confirm_email_opens_the_case_only_from_the_mailed_link(
     # Then the acknowledgement, like any new case.
     ack = relay_sink.wait_for(2, timeout=20)[1]
     assert "[Case #00000001]" in str(ack.message()["Subject"])
+
+
+def test_confirm_email_needs_a_public_url(make_config: Any) -> None:
+    from emaild.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"public_url.*Host") as caught:
+        make_config(form_toml("confirm_email = true"))
+    assert caught.value.key == "webform.0.confirm_email"

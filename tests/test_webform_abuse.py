@@ -6,6 +6,7 @@ SQLite and PostgreSQL (the count is a row both lock), the rest on SQLite.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -310,3 +311,37 @@ def test_over_the_daily_cap_held_then_released(make_api: Any, run_cli: Any) -> N
         origins = {c.origin for c in session.scalars(select(Case))}
     assert subjects == sorted(["from a browser", "request 0", "request 1", "request 2"])
     assert origins == {"Web"}
+
+
+@SQLITE
+def test_a_message_over_the_limit_is_refused_before_it_is_held(make_api: Any) -> None:
+    # Base64 makes the message about 1.37x the upload: over max_message_bytes here,
+    # though the upload is within the form's limits. Held, it could never be released.
+    server = make_api(
+        form_toml("daily_cap = 0\nmax_attachment_bytes = 1500000")
+        + "[limits]\nmax_message_bytes = 2000000\n"
+    )
+    with _client(server) as client:
+        big = client.post(
+            "/web-to-case/contact",
+            data={**fields(), "altcha": solved(client)},
+            files=[("attachment", ("big.bin", b"z" * 1_490_000, "application/pdf"))],
+            headers=JSON,
+        )
+        assert big.status_code == 413, big.text
+        assert "over the 2000000 limit" in big.json()["detail"]
+        nested = client.post(
+            "/web-to-case/contact",
+            content=b"[" * 50_000,
+            headers={**JSON, "Content-Type": "application/json"},
+        )
+        assert nested.status_code == 400, nested.text
+        deep = base64.b64encode(b"[" * 3000).decode()
+        refused = client.post(
+            "/web-to-case/contact", data={**fields(), "altcha": deep}, headers=JSON
+        )
+        assert refused.status_code == 400, refused.text
+    with server.app.db.session() as session:
+        assert session.scalars(select(QuarantineEntry)).first() is None
+        assert sum(d.admitted for d in session.scalars(select(WebformDay))) == 0
+    assert _cases(server) == 0

@@ -92,6 +92,10 @@ class HttpComponent:
             log_config=None,
             access_log=False,
             server_header=False,
+            # The peer is the client: X-Forwarded-For from a local proxy does not
+            # rewrite it ([metrics] allow_from, the form's rate limit and origin;
+            # the forms read [web] trusted_proxies themselves).
+            proxy_headers=False,
             timeout_keep_alive=5,
             limit_concurrency=256,
             timeout_graceful_shutdown=int(self.app.config.daemon.shutdown_deadline_seconds) or 1,

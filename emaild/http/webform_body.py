@@ -9,6 +9,7 @@ is read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from emaild.config import WebformConfig
 from emaild.config_base import MiB
 from emaild.webform.submission import Refused, Upload, upload
 
+# A form's whole body, however large, arrives within this.
+READ_TIMEOUT_SECONDS = 60
 MAX_JSON_BYTES = MiB
 FIELD_SLACK = 256 * 1024
 
@@ -63,12 +66,32 @@ def _limited(receive: Receive, limit: int) -> Receive:
 async def read_body(
     request: Request, form: WebformConfig, *, global_attachment: int, message_limit: int
 ) -> Body:
-    """The posted values and files, or ``Refused`` (400, 413, 415)."""
+    """The posted values and files, or ``Refused`` (400, 408, 413, 415).
+
+    The whole body must arrive within ``READ_TIMEOUT_SECONDS``: a client trickling
+    it in would otherwise hold one of the listener's connections for ever.
+    """
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+            return await _read_body(
+                request, form, global_attachment=global_attachment, message_limit=message_limit
+            )
+    except TimeoutError:
+        raise Refused(
+            408, f"the form did not arrive within {READ_TIMEOUT_SECONDS} s", "slow"
+        ) from None
+
+
+async def _read_body(
+    request: Request, form: WebformConfig, *, global_attachment: int, message_limit: int
+) -> Body:
     limit = body_limit(form, global_attachment, message_limit)
     declared = request.headers.get("content-length", "")
     if declared and (not declared.isdigit() or int(declared) > limit):
         raise Refused(413, f"the request is over {limit} bytes", "size")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":  # never more than a JSON body may be, held in memory
+        limit = min(limit, MAX_JSON_BYTES)
     limited = Request(request.scope, _limited(request.receive, limit))
     if kind == "application/json":
         return await _json(limited, min(limit, MAX_JSON_BYTES))
@@ -116,7 +139,7 @@ async def _json(request: Request, limit: int) -> Body:
         raise Refused(413, f"the request is over {limit} bytes", "size")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Refused(400, "the body is not JSON", "malformed") from None
     if not isinstance(data, dict):
         raise Refused(400, "the body must be a JSON object", "malformed")

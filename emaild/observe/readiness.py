@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,8 @@ from emaild.errors import TransientError
 from emaild.observe.figures import FiguresCache
 from emaild.store.database import Database
 
+# How long one database answer is reused for.
+REUSE_SECONDS = 1.0
 PROBE_SECONDS = 3.0
 # Channels that bring mail in and retry on their own (their health clears itself).
 INTAKE_KINDS = ("imap",)
@@ -58,6 +61,7 @@ class Readiness:
         self.channel_names = channel_names
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emaild-ready")
         self._probe: asyncio.Future[Any] | None = None
+        self._last: tuple[float, str] | None = None
 
     async def problems(self) -> list[str]:
         out = list(self.host_problems() if self.host_problems is not None else [])
@@ -85,7 +89,19 @@ class Readiness:
         return out
 
     async def _database(self) -> str:
-        """Empty when the database took a write transaction in time, else why not."""
+        """Empty when the database took a write transaction in time, else why not.
+
+        One answer serves every request for ``REUSE_SECONDS``: a flood of
+        unauthenticated ``/readyz`` requests is not a flood of write transactions.
+        """
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < REUSE_SECONDS:
+            return self._last[1]
+        answer = await self._database_now()
+        self._last = (time.monotonic(), answer)
+        return answer
+
+    async def _database_now(self) -> str:
         loop = asyncio.get_running_loop()
         if self._probe is not None and self._probe.done() and not self._probe.cancelled():
             self._probe.exception()  # seen (by the call that awaited it, or now)

@@ -43,6 +43,18 @@ def text_columns() -> Iterator[tuple[Table, Column[Any]]]:
                 yield table, column
 
 
+# The address only where it stands alone: not the tail of ``jimbob@example.org``
+# (a character that may end a local part before it) and not the head of
+# ``bob@example.org.uk`` (a domain going on after it).
+_BEFORE = r"(?<![A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])"
+_AFTER = r"(?![A-Za-z0-9_-]|\.[A-Za-z0-9])"
+
+
+def address_pattern(address: str) -> re.Pattern[str]:
+    """``address`` as a whole address, in any letter case."""
+    return re.compile(_BEFORE + re.escape(address) + _AFTER, re.IGNORECASE)
+
+
 def replace_in(value: Any, pattern: re.Pattern[str]) -> Any:
     """``value`` (text or JSON-like) with every match of ``pattern`` replaced by ``ERASED``."""
     if isinstance(value, str):
@@ -56,7 +68,7 @@ def replace_in(value: Any, pattern: re.Pattern[str]) -> Any:
 
 def scrub_columns(session: Session, address: str) -> dict[str, set[tuple[Any, ...]]]:
     """Rewrite ``address`` in every text column; the primary keys changed, per table."""
-    pattern = re.compile(re.escape(address), re.IGNORECASE)
+    pattern = address_pattern(address)
     like = like_pattern(address.lower())
     changed: dict[str, set[tuple[Any, ...]]] = {}
     for table, column in text_columns():
@@ -75,7 +87,7 @@ def scrub_columns(session: Session, address: str) -> dict[str, set[tuple[Any, ..
 
 def redact_bytes(data: bytes, address: str) -> bytes | None:
     """``data`` with ``address`` replaced, or None if it does not occur."""
-    pattern = re.compile(re.escape(address.encode("utf-8")), re.IGNORECASE)
+    pattern = re.compile((_BEFORE + re.escape(address) + _AFTER).encode("utf-8"), re.IGNORECASE)
     new, count = pattern.subn(ERASED.encode(), data)
     return new if count else None
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from emaild import quarantine
 from emaild.component import Host
 from emaild.config import WebformConfig
-from emaild.errors import TransientError
+from emaild.errors import InputError, TransientError
 from emaild.intake import IngestResult, Outcome
 from emaild.store.database import Database
 from emaild.store.models import QuarantineEntry, WebformDay
@@ -172,6 +172,13 @@ def release(
             unreserve(pipeline.db, name, now)
             log.warning("webform.release_stopped", entry=entry["id"])
             break
+        except InputError as exc:
+            # Never accepted as it is (e.g. over a limit lowered since): it stays
+            # held under a reason of its own, out of the job's way, for an admin.
+            unreserve(pipeline.db, name, now)
+            quarantine.set_reason(pipeline.db, entry["id"], "unreleasable", str(exc))
+            log.error("webform.release_refused", entry=entry["id"], form=name, error=str(exc))
+            continue
         if result.outcome is Outcome.DUPLICATE:
             unreserve(pipeline.db, name, now)
         out.append(Released(entry["id"], name, result))

@@ -68,7 +68,7 @@ def verify(payload: str, form: WebformConfig, secret: bytes) -> Verdict:
         decoded = json.loads(base64.b64decode(payload, validate=True))
         data = decoded["challenge"]["parameters"].get("data") or {}
         signature = str(decoded["challenge"]["signature"])
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, binascii.Error):
         return Verdict(400, "the challenge solution is not valid")
     result = altcha.verify_solution(
         payload,

@@ -2,9 +2,10 @@
 
 With ``confirm_email = true`` a submission is kept raw in quarantine (reason
 ``confirm_email``) and, in the same transaction, a mail with a signed link is
-queued to the address the form was filled with. Following the link
-(``GET /web-to-case/NAME/confirm``) runs the submission through the pipeline,
-counted against the daily cap then (over it, it waits like any capped one).
+queued to the address the form was filled with. The link
+(``GET /web-to-case/NAME/confirm``) shows a button, so a mail scanner that
+follows links confirms nothing; pressing it (the ``POST``) runs the submission
+through the pipeline, counted against the daily cap then (over it, it waits like any capped one).
 A link is good for ``verification.token_ttl_hours``; an unconfirmed
 submission is never lost: ``emaild web held`` lists it, ``release`` opens it.
 """

@@ -141,6 +141,19 @@ def thanks_page(
     return document("Thank you", f'<p id="ewf-thanks">{escape(text)}</p>\n')
 
 
+def confirm_page(form: WebformConfig, query: str) -> str:
+    """The mailed link's page: a button that confirms (a POST). A mail scanner that
+    follows every link in a message fetches this page and confirms nothing."""
+    action = escape(f"/web-to-case/{form.name}/confirm?{query}")
+    return document(
+        "Confirm your request",
+        '<p id="ewf-confirm">Press the button to confirm your request; '
+        "a case is opened for it.</p>\n"
+        f'<form method="post" action="{action}">\n'
+        '  <p><button type="submit">Confirm my request</button></p>\n</form>\n',
+    )
+
+
 def error_page(status: int, detail: str, form: WebformConfig | None) -> str:
     back = (
         f'<p><a href="/web-to-case/{escape(form.name)}">Back to the form</a></p>\n'

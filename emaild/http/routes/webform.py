@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from fastapi import APIRouter, Request
@@ -123,10 +124,28 @@ async def thanks(name: str, request: Request, ref: str = "", confirm: str = "") 
 
 
 @router.get("/{name}/confirm")
+async def confirm_link(
+    name: str, request: Request, entry: int = 0, expires: int = 0, token: str = ""
+) -> Response:
+    """The signed link of the confirmation mail: a page whose button confirms."""
+    ctx = api(request)
+    try:
+        form = _form(ctx.app, name)
+        if not confirm.valid(
+            ctx.app.services.signer.secret, entry, expires, token[:100], ctx.now()
+        ):
+            raise Refused(400, "this link is not valid or has expired", "confirm")
+    except Refused as exc:
+        return _refusal(exc, False, None)
+    query = urlencode({"entry": entry, "expires": expires, "token": token[:100]})
+    return _html(page.confirm_page(form, query), form=form)
+
+
+@router.post("/{name}/confirm")
 async def confirm_submission(
     name: str, request: Request, entry: int = 0, expires: int = 0, token: str = ""
 ) -> Response:
-    """The signed link of the confirmation mail: the case opens now."""
+    """The confirmation page's button: the case opens now."""
     ctx = api(request)
     try:
         form = _form(ctx.app, name)
@@ -277,6 +296,15 @@ def _admit(
         if admitted:
             cap.unreserve(app.db, form.name, now)
         raise
+    limit = services.config.limits.max_message_bytes
+    if len(raw) > limit:
+        # Checked before anything is held: a held message over the limit could
+        # never be released (the pipeline would refuse it every time).
+        if admitted:
+            cap.unreserve(app.db, form.name, now)
+        raise Refused(
+            413, f"the submission is {len(raw)} bytes as a message, over the {limit} limit", "size"
+        )
     if form.confirm_email:
         sha, _ = services.blobs.put(raw)
         entry = confirm.hold_and_ask(
@@ -287,7 +315,9 @@ def _admit(
             raw_sha256=sha,
             sender=submission.email,
             now=now,
-            base_url=app.config.web.public_url or base_url,
+            # Never the request's Host header: a forged one would send the
+            # organisation's mail with a link to somebody else's site.
+            base_url=app.config.web.public_url,
             secret=services.signer.secret,
             ttl_hours=app.config.verification.token_ttl_hours,
         )
