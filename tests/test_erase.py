@@ -143,6 +143,21 @@ def test_export_is_byte_exact(app: App, tmp_path: Path) -> None:
 
 def test_erase_leaves_no_trace_and_keeps_shared_blobs(app: App) -> None:
     made = _history(app)
+    # An agent's answer to Carol that names Alice: its outbox copy to Carol does too.
+    services, now = app.services, app.pipeline.clock()
+    app.db.run(
+        lambda s: queue_reply(
+            s,
+            signer=services.signer,
+            blobs=app.blobs,
+            own_addresses=services.addresses.own_addresses(),
+            from_name="Support",
+            number=made["carol"].case_number,
+            request=ReplyRequest(text=f"Please also write to {ALICE}."),
+            actor="agent",
+            now=now,
+        )
+    )
     assert ALICE in _dump(app)
     with app.db.session() as s:
         carol = s.get(Message, made["carol"].message_row_id)

@@ -137,7 +137,7 @@ def _erase_rows(
     candidates |= old
     for (entry_id,) in changed.get("quarantine", set()):
         candidates |= _redact_quarantine(session, blobs, address, int(entry_id), report)
-    _redact_outbox(session, address, cases)
+    _redact_outbox(session, address)
     _reindex_terms(session, {int(k[0]) for k in changed.get("cases", set())})
     _tombstones(session, sorted(cases), removed_per_case, actor, now)
     report.messages = len(ids)
@@ -146,6 +146,10 @@ def _erase_rows(
     report.quarantine_entries = len(q_ids)
     report.outbox_items = int(outbox.rowcount or 0)
     return candidates
+
+
+# Outbox rows read at a time while looking for the address in their bytes.
+OUTBOX_BATCH = 200
 
 
 def _redact_blobs(
@@ -204,17 +208,25 @@ def _redact_quarantine(
     return quarantined_blobs(blobs, sha)
 
 
-def _redact_outbox(session: Session, address: str, cases: set[int]) -> None:
-    """Outbox copies (kept in the database) of mail on the cases that mention the address."""
-    if not cases:
-        return
-    rows = session.execute(
-        select(OutboxItem.id, OutboxItem.raw).where(OutboxItem.case_id.in_(sorted(cases)))
-    ).all()
-    for item_id, raw in rows:
-        new = redact_bytes(bytes(raw), address)
-        if new is not None:
-            session.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(raw=new))
+def _redact_outbox(session: Session, address: str) -> None:
+    """Every outbox copy (kept in the database) that names the address: on the
+    person's cases and anywhere else (a reply to somebody else that Cc'd them).
+    Read in batches, so the whole outbox is never in memory at once."""
+    after = 0
+    while True:
+        rows = session.execute(
+            select(OutboxItem.id, OutboxItem.raw)
+            .where(OutboxItem.id > after)
+            .order_by(OutboxItem.id)
+            .limit(OUTBOX_BATCH)
+        ).all()
+        if not rows:
+            return
+        for item_id, raw in rows:
+            new = redact_bytes(bytes(raw or b""), address)
+            if new is not None:
+                session.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(raw=new))
+        after = rows[-1][0]
 
 
 def _reindex_terms(session: Session, case_ids: set[int]) -> None:
