@@ -11,6 +11,7 @@ the timeout; a receiver that trickles bytes is cut off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import time
@@ -25,6 +26,8 @@ from standardwebhooks import Webhook
 USER_AGENT = "emaild-webhooks/1"
 # Enough of a failing receiver's answer to show the operator what it said.
 MAX_RESPONSE_BYTES = 4096
+# How long the (unused) answer to a 2xx is read, so its connection can be reused.
+DRAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,14 +121,27 @@ async def _send(
 ) -> tuple[int, str]:
     async with client.stream("POST", url, content=payload, headers=headers) as response:
         if 200 <= response.status_code < 300:
-            return response.status_code, ""  # the body is not needed: do not wait for it
-        head = bytearray()
-        async for chunk in response.aiter_raw():
-            head += chunk
-            if len(head) >= MAX_RESPONSE_BYTES:
-                break
+            # Delivered. Still read the (usually empty) answer to its end, briefly:
+            # a response read whole leaves its connection in the pool for the next
+            # POST, one left unread is closed, and every delivery would pay a new
+            # connection on both sides. A receiver that dawdles here is cut off.
+            with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await _head(response)
+            return response.status_code, ""
+        head = await _head(response)
         text = " ".join(head[:300].decode("utf-8", "replace").split())
         return response.status_code, text
+
+
+async def _head(response: httpx.Response) -> bytes:
+    """Up to ``MAX_RESPONSE_BYTES`` of the answer (all of it if shorter)."""
+    head = bytearray()
+    async for chunk in response.aiter_raw():
+        head += chunk
+        if len(head) >= MAX_RESPONSE_BYTES:
+            break  # a long answer: its connection is closed, not reused
+    return bytes(head)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
