@@ -40,6 +40,8 @@ def unsubscribe(listener: Callable[[], None]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _committed(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # a SAVEPOINT released (group commit): the transaction is still open
     if not session.info.pop(_KEY, False):
         return
     with _lock:
