@@ -5,12 +5,12 @@ transaction of this process commits new ones (``emaild.webhooks.notify``) and
 every ``webhooks.poll_interval_seconds`` (retries that come due, events of
 other processes), with a read-only query; claims up to ``concurrency`` minus
 those in flight (a committed lease, see ``emaild.webhooks.queue``) and POSTs
-each in its own task on the event loop (httpx, one pooled client, connections
-kept alive); database work runs in the daemon's worker pool. Finished attempts
-are stored in batches by a second task, which claims the next due deliveries
-in the same transaction (the next event of those cases may now go): on SQLite
-every transaction is a turn of the single writer the mail pipeline waits for,
-so the component takes as few turns as it can.
+each in its own task on the event loop (httpx, one kept-alive connection per
+client, see ``sender.Clients``); database work runs in the daemon's worker
+pool. Finished attempts are stored in batches by a second task, which claims
+the next due deliveries in the same transaction (the next event of those
+cases may now go): on SQLite every transaction is a turn of the single writer
+the mail pipeline waits for, so the component takes as few turns as it can.
 
 On start, claims left by a dead process on this host are released (a crash
 or SIGKILL must not hold events back for a whole lease). On stop, no new
@@ -36,7 +36,7 @@ from emaild.component import Host
 from emaild.config import WebhooksConfig
 from emaild.errors import EmaildError
 from emaild.webhooks import delivery, notify, queue
-from emaild.webhooks.sender import Result, make_client, post, public_target_problem
+from emaild.webhooks.sender import Clients, Result, post, public_target_problem
 
 if TYPE_CHECKING:
     from emaild.app import App
@@ -73,7 +73,7 @@ class WebhookComponent:
 
     async def start(self, host: Host) -> None:
         self.host = host
-        self.client = make_client(self.settings.timeout_seconds)
+        self.clients = Clients(self.settings.timeout_seconds, self.settings.concurrency)
         loop = asyncio.get_running_loop()
 
         def committed() -> None:  # from the committing thread
@@ -144,14 +144,15 @@ class WebhookComponent:
             if problem:
                 result = Result(None, problem, 0)
             else:
-                result = await post(
-                    self.client,
-                    item.url,
-                    item.secret,
-                    item.event_uid,
-                    item.body,
-                    settings.timeout_seconds,
-                )
+                async with self.clients.lease(item.url) as client:
+                    result = await post(
+                        client,
+                        item.url,
+                        item.secret,
+                        item.event_uid,
+                        item.body,
+                        settings.timeout_seconds,
+                    )
         except Exception as exc:  # a bug: the claim lapses and the delivery is retried
             log.error("webhooks.delivery_error", delivery=item.id, error=repr(exc), exc_info=exc)
             self._wake.set()  # a free slot the recorder will not fill
@@ -231,7 +232,7 @@ class WebhookComponent:
         self._record_wake.set()
         if self._recorder_task is not None:
             await self._recorder_task
-        await self.client.aclose()
+        await self.clients.aclose()
 
 
 def webhook_component(app: App) -> WebhookComponent:
