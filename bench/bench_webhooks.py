@@ -5,6 +5,9 @@ and notes when each ``webhook-id`` arrived) and ``emaild run`` on its defaults
 (SQLite, default ``[webhooks]`` settings) with one ``[[webhook]]`` for every
 event type.
 
+0. Baseline: the same SMTP load (below) with no subscription, for the intake
+   rate to compare with (skip with ``--no-baseline``); the ratio of the two
+   rates is printed.
 1. Latency: 32 concurrent SMTP clients send ``--messages`` messages (a new
    connection each). For every message, latency = arrival of its
    ``message.received`` webhook at the receiver - the moment its client got
@@ -14,7 +17,7 @@ event type.
    daemon starts and the time until every delivery is delivered gives events/s.
 
     .venv/bin/python bench/bench_webhooks.py [--messages 1000] [--backlog 1000] [--seconds 60]
-        [--toml "[webhooks]\\nconcurrency = 16"] [--without-webhooks]
+        [--toml "[webhooks]\\nconcurrency = 16"] [--without-webhooks | --no-baseline]
 
 Bounded in count (``--messages``, ``--backlog``) and time (``--seconds`` per phase).
 """
@@ -189,7 +192,10 @@ def main() -> None:
     parser.add_argument(
         "--without-webhooks",
         action="store_true",
-        help="Phase 1 with no subscription: the SMTP rate to compare with.",
+        help="Only the baseline: phase 1 with no subscription.",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="Skip the baseline run without webhooks."
     )
     args = parser.parse_args()
 
@@ -207,13 +213,16 @@ def main() -> None:
         f'[[webhook]]\nname = "bench"\nurl = "http://127.0.0.1:{hook_port}/hook"\n'
         f'secret_file = "{secret}"\n'
     )
-    config.write_text(
-        ("" if args.without_webhooks else hook)
-        + '[autoresponse]\nenabled = false\n[logging]\nlevel = "warning"\n'
-        # One loopback client IP sends everything: lift the per-IP connection rate.
-        + "[smtp]\nmax_connection_rate_per_ip = 1000000\n"
-        + args.toml.replace("\\n", "\n")
-    )
+
+    def configure(with_hook: bool) -> None:
+        config.write_text(
+            (hook if with_hook else "")
+            + '[autoresponse]\nenabled = false\n[logging]\nlevel = "warning"\n'
+            # One loopback client IP sends everything: lift the per-IP connection rate.
+            + "[smtp]\nmax_connection_rate_per_ip = 1000000\n"
+            + args.toml.replace("\\n", "\n")
+        )
+
     smtp_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}
     env.update(
@@ -224,8 +233,23 @@ def main() -> None:
     )
     db = work / "state" / "emaild.db"
     log = work / "emaild.log"
+    baseline = 0.0
     try:
+        # --- 0. the same SMTP load without webhooks -----------------------------------
+        if not args.no_baseline:
+            configure(False)
+            plain = env | {"EMAILD_STATE_DIR": str(work / "baseline")}
+            daemon = start_daemon(plain, smtp_port, log)
+            started = time.monotonic()
+            acknowledged = asyncio.run(smtp_load(smtp_port, args.messages, args.seconds))
+            baseline = len(acknowledged) / (time.monotonic() - started)
+            stop(daemon)
+            print(f"SMTP without webhooks: {baseline:.0f} messages/s")
+            if args.without_webhooks:
+                return
+
         # --- 1. latency under 32 SMTP clients --------------------------------------
+        configure(True)
         daemon = start_daemon(env, smtp_port, log)
         started = time.monotonic()
         acknowledged = asyncio.run(smtp_load(smtp_port, args.messages, args.seconds))
@@ -235,9 +259,6 @@ def main() -> None:
             time.sleep(0.1)
         left = pending(db)
         stop(daemon)
-        if args.without_webhooks:
-            print(f"SMTP without webhooks: {len(acknowledged) / smtp_seconds:.0f} messages/s")
-            return
 
         # --- 2. events/s from a backlog ----------------------------------------------
         sys.path.insert(0, str(ROOT))
@@ -270,8 +291,11 @@ def main() -> None:
         if kind == "message.received" and mid in acknowledged:
             first.setdefault(mid, at)
     latencies = [(first[mid] - t) * 1000 for mid, t in acknowledged.items() if mid in first]
-    print(f"SMTP: {len(acknowledged)} messages acknowledged by {CLIENTS} clients in "
-          f"{smtp_seconds:.1f}s ({len(acknowledged) / smtp_seconds:.0f}/s)")  # fmt: skip
+    rate = len(acknowledged) / smtp_seconds
+    print(f"SMTP with webhooks: {len(acknowledged)} messages acknowledged by {CLIENTS} clients "
+          f"in {smtp_seconds:.1f}s ({rate:.0f}/s)")  # fmt: skip
+    if baseline:
+        print(f"intake with webhooks / without: {rate / baseline:.2f}")
     if latencies:
         print(
             f"commit -> receipt (250 -> message.received at the receiver), {len(latencies)} "

@@ -118,8 +118,10 @@ class WebhooksConfig(Section):
     max_retry_age_seconds: Annotated[float, Field(gt=0)] = 3 * 86400.0
     # A subscription failing this long raises channel.failing and shows in status.
     failing_after_seconds: Annotated[float, Field(gt=0)] = 86400.0
-    # How often the daemon looks for due deliveries when idle.
-    poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
+    # How often the daemon looks for due deliveries besides when this process
+    # commits new ones (it is woken then): retries that come due, and events
+    # committed by other emaild processes sharing the database.
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Deliveries in flight at once per daemon process (each waits for its
     # receiver and for its outcome's commit, so this is what bounds throughput).
     concurrency: Annotated[int, Field(ge=1, le=256)] = 64

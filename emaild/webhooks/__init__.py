@@ -8,7 +8,8 @@
   (``emaild webhook``, ``/api/v1/webhooks``), with the SSRF check;
 - ``queue``, ``delivery``, ``sender``: claim in per-case order with a lease,
   POST signed (Standard Webhooks), record the attempt, retry with backoff;
-- ``component``: the daemon component that runs them.
+- ``component``: the daemon component that runs them, woken by ``notify`` when
+  deliveries commit in this process.
 """
 
 from emaild.config_webhooks import EVENT_TYPES

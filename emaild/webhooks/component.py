@@ -1,11 +1,16 @@
 """The daemon's webhook component: claim due deliveries, POST them, record the outcome.
 
-One background task per daemon. It looks for due deliveries every
-``webhooks.poll_interval_seconds`` (a read-only query), claims up to
-``concurrency`` minus those in flight (a committed lease, see
-``emaild.webhooks.queue``) and POSTs each in its own task on the event loop
-(httpx); database work runs in the daemon's worker pool. When a delivery
-finishes the loop looks again at once: the next event of that case may now go.
+One background task per daemon. It looks for due deliveries when a
+transaction of this process commits new ones (``emaild.webhooks.notify``) and
+every ``webhooks.poll_interval_seconds`` (retries that come due, events of
+other processes), with a read-only query; claims up to ``concurrency`` minus
+those in flight (a committed lease, see ``emaild.webhooks.queue``) and POSTs
+each in its own task on the event loop (httpx, one kept-alive connection per
+client, see ``sender.Clients``); database work runs in the daemon's worker
+pool. Finished attempts are stored in batches by a second task, which claims
+the next due deliveries in the same transaction (the next event of those
+cases may now go): on SQLite every transaction is a turn of the single writer
+the mail pipeline waits for, so the component takes as few turns as it can.
 
 On start, claims left by a dead process on this host are released (a crash
 or SIGKILL must not hold events back for a whole lease). On stop, no new
@@ -19,17 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy.orm import Session
 
 from emaild.clock import utcnow
 from emaild.component import Host
 from emaild.config import WebhooksConfig
 from emaild.errors import EmaildError
-from emaild.webhooks import delivery, queue
-from emaild.webhooks.sender import Result, make_client, post, public_target_problem
+from emaild.webhooks import delivery, notify, queue
+from emaild.webhooks.sender import Clients, Result, post, public_target_problem
 
 if TYPE_CHECKING:
     from emaild.app import App
@@ -54,6 +61,7 @@ class WebhookComponent:
         self._record_wake = asyncio.Event()
         self._task: Any = None
         self._recorder_task: Any = None
+        self._committed: Any = None  # the commit listener (emaild.webhooks.notify)
 
     @property
     def settings(self) -> WebhooksConfig:
@@ -65,7 +73,15 @@ class WebhookComponent:
 
     async def start(self, host: Host) -> None:
         self.host = host
-        self.client = make_client(self.settings.timeout_seconds)
+        self.clients = Clients(self.settings.timeout_seconds, self.settings.concurrency)
+        loop = asyncio.get_running_loop()
+
+        def committed() -> None:  # from the committing thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: stopping anyway
+                loop.call_soon_threadsafe(self._wake.set)
+
+        self._committed = committed
+        notify.subscribe(committed)
         try:
             freed = await host.run_sync(self.app.db.run, partial(queue.release_dead, now=utcnow()))
             if freed:
@@ -109,15 +125,14 @@ class WebhookComponent:
             return 0
         work = partial(queue.claim_due, worker=self.worker, now=now, lease=self.lease(), limit=free)
         items = await self.host.run_sync(self.app.db.run, work)
+        self._launch(items)
+        return len(items)
+
+    def _launch(self, items: list[queue.Claimed]) -> None:
         for item in items:
             task = asyncio.get_running_loop().create_task(self._deliver(item))
             self._inflight.add(task)
-            task.add_done_callback(self._done)
-        return len(items)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._wake.set()
+            task.add_done_callback(self._inflight.discard)
 
     async def _deliver(self, item: queue.Claimed) -> None:
         """POST one delivery; its outcome is stored by the recorder (batched)."""
@@ -129,16 +144,18 @@ class WebhookComponent:
             if problem:
                 result = Result(None, problem, 0)
             else:
-                result = await post(
-                    self.client,
-                    item.url,
-                    item.secret,
-                    item.event_uid,
-                    item.body,
-                    settings.timeout_seconds,
-                )
+                async with self.clients.lease(item.url) as client:
+                    result = await post(
+                        client,
+                        item.url,
+                        item.secret,
+                        item.event_uid,
+                        item.body,
+                        settings.timeout_seconds,
+                    )
         except Exception as exc:  # a bug: the claim lapses and the delivery is retried
             log.error("webhooks.delivery_error", delivery=item.id, error=repr(exc), exc_info=exc)
+            self._wake.set()  # a free slot the recorder will not fill
             return
         finished = asyncio.get_running_loop().create_future()
         self._finished.append((item, result, finished))
@@ -156,19 +173,21 @@ class WebhookComponent:
                 if self._stopping and not self._inflight:
                     return
                 continue
+            # The batch's slots are free once it is stored: fill them in the same turn.
+            free = 0 if self._stopping else self.settings.concurrency - len(self._inflight)
             work = partial(
-                delivery.record_many,
+                self._store,
                 done=[(item, result) for item, result, _ in batch],
-                worker=self.worker,
                 now=utcnow(),
-                settings=self.settings,
-                rng=self.rng,
+                free=free + len(batch),
             )
+            claimed: list[queue.Claimed] = []
             try:
-                outcomes = await self.host.run_sync(self.app.db.run, work, attempts=3)
+                outcomes, claimed = await self.host.run_sync(self.app.db.run, work, attempts=3)
             except Exception as exc:  # not stored: the claims lapse, the POSTs are repeated
                 log.warning("webhooks.record_failed", error=f"{type(exc).__name__}: {exc}")
                 outcomes = ["unrecorded"] * len(batch)
+                self._wake.set()  # the claim loop fills the free slots
             for (item, result, finished), outcome in zip(batch, outcomes, strict=True):
                 if not finished.done():
                     finished.set_result(None)
@@ -183,10 +202,28 @@ class WebhookComponent:
                         error=result.error,
                         attempts=item.attempts + 1,
                     )
+            self._launch(claimed)
+
+    def _store(
+        self,
+        session: Session,
+        done: list[tuple[queue.Claimed, Result]],
+        now: datetime,
+        free: int,
+    ) -> tuple[list[str], list[queue.Claimed]]:
+        """Record ``done`` and claim up to ``free`` due deliveries, in one transaction."""
+        settings = self.settings
+        outcomes = delivery.record_many(session, done, self.worker, now, settings, self.rng)
+        if free <= 0:
+            return outcomes, []
+        lease = self.lease()
+        return outcomes, queue.claim_due(session, self.worker, now, lease=lease, limit=free)
 
     async def stop(self) -> None:
         """No new claims; wait for deliveries in flight (the daemon bounds the wait)."""
         self._stopping = True
+        if self._committed is not None:
+            notify.unsubscribe(self._committed)
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -195,7 +232,7 @@ class WebhookComponent:
         self._record_wake.set()
         if self._recorder_task is not None:
             await self._recorder_task
-        await self.client.aclose()
+        await self.clients.aclose()
 
 
 def webhook_component(app: App) -> WebhookComponent:

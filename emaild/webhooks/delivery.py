@@ -91,8 +91,30 @@ def record_many(
     settings: WebhooksConfig,
     rng: random.Random,
 ) -> list[str]:
-    """``record`` for several finished attempts in one transaction (one commit)."""
-    return [record(session, item, result, worker, now, settings, rng) for item, result in done]
+    """``record`` for several finished attempts in one transaction (one commit).
+
+    Successes, the bulk of the work, are stored set-wise (``queue.record_delivered``)
+    and each subscription's health is noted once; failures go one by one. A
+    subscription whose last attempt of the batch succeeded is healthy.
+    """
+    ok = [(item, result) for item, result in done if result.ok and result.status is not None]
+    stored = queue.record_delivered(
+        session, [(item, int(r.status or 0), r.duration_ms) for item, r in ok], worker, now
+    )
+    outcomes = []
+    last: dict[int, tuple[queue.Claimed, bool]] = {}
+    for item, result in done:
+        if result.ok:
+            outcomes.append(queue.DELIVERED if item.id in stored else "lost")
+            if item.id in stored:
+                last[item.subscription_id] = (item, True)
+        else:
+            outcomes.append(record(session, item, result, worker, now, settings, rng))
+            last[item.subscription_id] = (item, False)
+    for item, succeeded in last.values():
+        if succeeded:
+            _healthy(session, item, now)
+    return outcomes
 
 
 def _channel(item: queue.Claimed) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from emaild.store.models import WebhookDelivery, WebhookEvent, WebhookSubscription
+from emaild.webhooks.notify import mark
 from emaild.webhooks.payloads import Snapshot, body, case_event_data, message_ids, webhook_type
 
 _INSERT_EVENT = insert(WebhookEvent).returning(WebhookEvent.id)
@@ -153,4 +154,5 @@ def write(
             for s in subs
         ],
     )
+    mark(session)
     return event_id

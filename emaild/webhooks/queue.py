@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from emaild.store.models import (
@@ -228,6 +228,49 @@ def record_attempt(
         )
     )
     return True
+
+
+def record_delivered(
+    session: Session, done: list[tuple[Claimed, int, int]], worker: str, now: datetime
+) -> set[int]:
+    """Store many successful attempts at once: ``(item, status_code, duration_ms)``.
+
+    One UPDATE per status code (the claim must still be ours) and one INSERT of
+    the attempt rows; returns the ids stored (the others' claims were lost).
+    """
+    by_code: dict[int, list[int]] = {}
+    for item, code, _ in done:
+        by_code.setdefault(code, []).append(item.id)
+    stored: set[int] = set()
+    for code, ids in by_code.items():
+        result = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id.in_(ids),
+                WebhookDelivery.status == PENDING,
+                WebhookDelivery.claimed_by == worker,
+            )
+            .values(
+                attempts=WebhookDelivery.attempts + 1,
+                last_status=code,
+                last_error="",
+                claimed_by="",
+                claimed_until=None,
+                status=DELIVERED,
+                delivered_at=now,
+            )
+            .returning(WebhookDelivery.id)
+            .execution_options(synchronize_session=False)
+        )
+        stored.update(int(row[0]) for row in result)
+    rows = [
+        {"delivery_id": item.id, "at": now, "status_code": code, "error": "", "duration_ms": ms}
+        for item, code, ms in done
+        if item.id in stored
+    ]
+    if rows:
+        session.execute(insert(WebhookAttempt), rows)
+    return stored
 
 
 def give_back(session: Session, delivery_id: int, worker: str) -> None:

@@ -11,9 +11,12 @@ the timeout; a receiver that trickles bytes is cut off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +28,8 @@ from standardwebhooks import Webhook
 USER_AGENT = "emaild-webhooks/1"
 # Enough of a failing receiver's answer to show the operator what it said.
 MAX_RESPONSE_BYTES = 4096
+# How long the (unused) answer to a 2xx is read, so its connection can be reused.
+DRAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,15 +63,66 @@ def sign(secret: str, msg_id: str, at: datetime, payload: str) -> dict[str, str]
     }
 
 
-def make_client(timeout: float) -> httpx.AsyncClient:
-    """The shared client: per-phase timeouts, no redirects, no proxies from the environment."""
+def make_client(
+    timeout: float, *, verify: ssl.SSLContext | None = None, connections: int = 256
+) -> httpx.AsyncClient:
+    """A client: per-phase timeouts, no redirects, no proxies from the environment."""
     return httpx.AsyncClient(
         follow_redirects=False,
         trust_env=False,
+        verify=verify if verify is not None else True,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        limits=httpx.Limits(
+            max_connections=connections, max_keepalive_connections=min(connections, 64)
+        ),
         headers={"user-agent": USER_AGENT},
     )
+
+
+class Clients:
+    """One-connection clients, lent one per POST and kept per origin for reuse.
+
+    One ``httpx.AsyncClient`` with many connections scans its whole pool for
+    every request and every state change (httpcore): with dozens of deliveries
+    in flight that costs more CPU than the POSTs themselves, on the event loop
+    the SMTP listener shares. A client holding one kept-alive connection to
+    the origin it last served costs nothing of the kind. At most ``keep``
+    idle clients are kept; they share one TLS context.
+    """
+
+    def __init__(self, timeout: float, keep: int = 64) -> None:
+        self.timeout = timeout
+        self.keep = keep
+        self._tls = httpx.create_ssl_context()
+        self._idle: dict[str, list[httpx.AsyncClient]] = {}
+        self._count = 0
+
+    @contextlib.asynccontextmanager
+    async def lease(self, url: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client for ``url`` (an idle one of its origin if any) while the block runs."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        idle = self._idle.get(origin)
+        if idle:
+            client = idle.pop()
+            self._count -= 1
+        else:
+            client = make_client(self.timeout, verify=self._tls, connections=1)
+        try:
+            yield client
+        finally:
+            if self._count < self.keep:
+                self._idle.setdefault(origin, []).append(client)
+                self._count += 1
+            else:
+                await client.aclose()
+
+    async def aclose(self) -> None:
+        clients = [c for idle in self._idle.values() for c in idle]
+        self._idle.clear()
+        self._count = 0
+        for client in clients:
+            await client.aclose()
 
 
 async def public_target_problem(url: str) -> str:
@@ -118,14 +174,27 @@ async def _send(
 ) -> tuple[int, str]:
     async with client.stream("POST", url, content=payload, headers=headers) as response:
         if 200 <= response.status_code < 300:
-            return response.status_code, ""  # the body is not needed: do not wait for it
-        head = bytearray()
-        async for chunk in response.aiter_raw():
-            head += chunk
-            if len(head) >= MAX_RESPONSE_BYTES:
-                break
+            # Delivered. Still read the (usually empty) answer to its end, briefly:
+            # a response read whole leaves its connection in the pool for the next
+            # POST, one left unread is closed, and every delivery would pay a new
+            # connection on both sides. A receiver that dawdles here is cut off.
+            with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await _head(response)
+            return response.status_code, ""
+        head = await _head(response)
         text = " ".join(head[:300].decode("utf-8", "replace").split())
         return response.status_code, text
+
+
+async def _head(response: httpx.Response) -> bytes:
+    """Up to ``MAX_RESPONSE_BYTES`` of the answer (all of it if shorter)."""
+    head = bytearray()
+    async for chunk in response.aiter_raw():
+        head += chunk
+        if len(head) >= MAX_RESPONSE_BYTES:
+            break  # a long answer: its connection is closed, not reused
+    return bytes(head)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
