@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -40,6 +41,10 @@ def check_url(value: str) -> str:
         raise ValueError("credentials in the URL are not allowed (sign with the secret)")
     if len(value) > 2000:
         raise ValueError("URL longer than 2000 characters")
+    try:
+        urlsplit(value).port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ValueError(f"the port in {value!r} is not a port number (1-65535)") from None
     return value
 
 

@@ -129,3 +129,28 @@ def test_api_manages_webhooks_with_admin_scope_only(make_api: Any) -> None:
         assert client.get("/webhooks/deliveries").json() == {"items": []}
         assert client.delete("/webhooks/crm").status_code == 204
         assert client.get("/webhooks").json() == {"items": []}
+
+
+def test_private_addresses_hidden_in_ipv6_are_not_public() -> None:
+    import ipaddress
+
+    from emaild.config_webhooks import check_url
+    from emaild.webhooks.targets import is_public
+
+    def public(text: str) -> bool:
+        return is_public(ipaddress.ip_address(text))
+
+    assert public("93.184.216.34") and public("2606:2800:220:1:248:1893:25c8:1946")
+    for hidden in (
+        "10.0.0.1",
+        "::ffff:10.0.0.1",  # IPv4-mapped
+        "64:ff9b::a00:1",  # NAT64 to 10.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 to 169.254.169.254
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "::127.0.0.1",  # IPv4-compatible
+        "fd00::1",
+    ):
+        assert not public(hidden), hidden
+    assert public("64:ff9b::5db8:d822")  # NAT64 to a public address stays public
+    with pytest.raises(ValueError, match="not a port number"):
+        check_url("http://127.0.0.1:99999/hook")

@@ -153,10 +153,12 @@ class WebhookComponent:
                         item.body,
                         settings.timeout_seconds,
                     )
-        except Exception as exc:  # a bug: the claim lapses and the delivery is retried
+        except Exception as exc:
+            # Unexpected (a bug, or a target httpx cannot even try): recorded as a
+            # failed attempt like any other, so backoff, giving up and the failing
+            # alert apply and the case's later events are not held back for ever.
             log.error("webhooks.delivery_error", delivery=item.id, error=repr(exc), exc_info=exc)
-            self._wake.set()  # a free slot the recorder will not fill
-            return
+            result = Result(None, f"{type(exc).__name__}: {exc}"[:500], 0)
         finished = asyncio.get_running_loop().create_future()
         self._finished.append((item, result, finished))
         self._record_wake.set()

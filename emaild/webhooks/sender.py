@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook
 
+from emaild.webhooks.targets import is_public
+
 USER_AGENT = "emaild-webhooks/1"
 # Enough of a failing receiver's answer to show the operator what it said.
 MAX_RESPONSE_BYTES = 4096
@@ -130,14 +132,17 @@ async def public_target_problem(url: str) -> str:
     POST of a run-time subscription (the address may have changed since it was added)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "the URL's port is not a port number"
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port)
     except OSError as exc:
         return f"cannot resolve {host}: {exc}"
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
+        if not is_public(address):
             return f"{host} resolves to {address}: private targets need webhooks.allow_private"
     return ""
 

@@ -32,6 +32,7 @@ from emaild.config import Config, WebhookConfig
 from emaild.config_webhooks import check_events, check_name, check_url, default_name
 from emaild.errors import ConfigError, InputError
 from emaild.store.models import WebhookDelivery, WebhookSubscription
+from emaild.webhooks.targets import is_public
 
 CONFIG = "config"
 DATABASE = "database"
@@ -156,7 +157,7 @@ def private_reason(host: str, port: int) -> str:
         return f"cannot resolve {host}: {exc}"
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
+        if not is_public(address):
             return f"{host} resolves to {address}, a private or reserved address"
     return ""
 
@@ -166,7 +167,10 @@ def target_problem(url: str, allow_private: bool) -> str:
     if allow_private:
         return ""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "the URL's port is not a port number"
     reason = private_reason(parts.hostname or "", port)
     return f"{reason} (allowed only with webhooks.allow_private = true)" if reason else ""
 
