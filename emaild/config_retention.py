@@ -26,9 +26,18 @@ class RetentionConfig(Section):
     quarantine_days: Days = 0
     # Messages a rule or accept-from dropped (rows and raw bytes) older than this.
     dropped_days: Days = 0
+    # Webhook deliveries delivered or given up more than this many days ago, with
+    # their attempts and the event bodies no delivery needs any more. On by
+    # default: unlike mail, they are only a log of what was sent.
+    webhook_days: Days = 30
     # The daily job's hour (UTC), when the daemon runs with any rule on.
     run_hour: Annotated[int, Field(ge=0, le=23)] = 3
 
     @property
     def enabled(self) -> bool:
-        return bool(self.closed_case_raw_days or self.quarantine_days or self.dropped_days)
+        return bool(
+            self.closed_case_raw_days
+            or self.quarantine_days
+            or self.dropped_days
+            or self.webhook_days
+        )

@@ -10,6 +10,7 @@ from typing import Any
 
 from mailbuilder import build_mail, build_multipart
 from sqlalchemy import select, update
+from webhook_receiver import make_secret
 
 from emaild.app import App
 from emaild.casework.ops import update_case
@@ -185,7 +186,11 @@ def test_purge_removes_only_what_the_rules_name(make_app: Any, tmp_path: Path) -
 
 
 def test_rules_off_by_default_and_cli(app: App, run_cli: Any) -> None:
-    assert not app.config.retention.enabled
+    rules = app.config.retention
+    # Mail is kept for ever unless a rule says otherwise; only the log of finished
+    # webhook deliveries is pruned by default.
+    assert (rules.closed_case_raw_days, rules.quarantine_days, rules.dropped_days) == (0, 0, 0)
+    assert rules.webhook_days == 30 and rules.enabled
     raw = build_mail(sender="alice@a.test", message_id="<keep@a.test>")
     result = _ingest(app, raw)
     now = app.pipeline.clock()
@@ -200,7 +205,9 @@ def test_rules_off_by_default_and_cli(app: App, run_cli: Any) -> None:
     assert data["raw_messages"] == 0 and data["blobs"]["deleted"] == 0
     assert _state(app) == before
     done = run_cli("purge", "--dry-run", env={"EMAILD_CONFIG": ""})
-    assert done.returncode == 0 and b"nothing to purge" in done.stdout
+    assert done.returncode == 0, done.stderr
+    assert b"would remove: raw bytes of 0 messages" in done.stdout
+    assert b"0 finished webhook deliveries" in done.stdout
 
 
 def test_daemon_runs_the_purge_daily(make_app: Any, tmp_path: Path) -> None:
@@ -269,3 +276,42 @@ def test_retention_config_is_checked(tmp_path: Path) -> None:
     path.write_text("[retention]\ndropped_days = 7\n", encoding="utf-8")
     rules = load_config(path, env).retention
     assert rules.enabled and (rules.dropped_days, rules.quarantine_days) == (7, 0)
+
+
+def test_finished_webhook_deliveries_are_pruned_pending_ones_kept(
+    make_app: Any, tmp_path: Path
+) -> None:
+    from sqlalchemy import func
+
+    from emaild.privacy.retention import purge
+    from emaild.store.models import WebhookAttempt, WebhookDelivery, WebhookEvent
+
+    secret = tmp_path / "hook.secret"
+    secret.write_text(make_secret())
+    app = make_app(
+        f'[[webhook]]\nname = "all"\nurl = "http://127.0.0.1:9/hook"\nsecret_file = "{secret}"\n'
+    )
+    for n in range(3):
+        _ingest(app, build_mail(sender="a@a.test", message_id=f"<w{n}@a.test>"))
+    now = app.pipeline.clock()
+    with app.db.session() as s:
+        ids = list(s.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.id)))
+        assert len(ids) == 6  # case.created and message.received, three times
+    old = now - timedelta(days=31)
+
+    def age(session: Any) -> None:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(ids[:4]))
+            .values(created_at=old, status="delivered")
+        )
+        session.add(WebhookAttempt(delivery_id=ids[0], at=old, status_code=200, duration_ms=5))
+
+    app.db.run(age)
+    report = purge(app.db, app.blobs, app.config.retention, now)
+    assert report.webhook_deliveries == 4
+    with app.db.session() as s:
+        assert list(s.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.id))) == ids[4:]
+        assert s.scalar(select(func.count(WebhookAttempt.id))) == 0
+        # Only the events of the deliveries left remain.
+        assert s.scalar(select(func.count(WebhookEvent.id))) == 2

@@ -36,7 +36,9 @@ def purge_cmd(ctx: Context, dry_run: bool, as_json: bool) -> None:
     click.echo(
         f"{verb}: raw bytes of {report.raw_messages} messages ({report.attachments} attachments) "
         f"on {report.cases} closed cases, {report.quarantine_entries} quarantine entries, "
-        f"{report.dropped_messages} dropped messages; {blobs.deleted} blobs ({blobs.bytes} bytes)"
+        f"{report.dropped_messages} dropped messages, "
+        f"{report.webhook_deliveries} finished webhook deliveries; "
+        f"{blobs.deleted} blobs ({blobs.bytes} bytes)"
         + (f", {blobs.kept} kept (still in use)" if blobs.kept else "")
     )
 

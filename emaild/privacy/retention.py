@@ -40,7 +40,16 @@ from emaild.privacy.blobrefs import (
 from emaild.privacy.rowrefs import forget_messages
 from emaild.store.blobs import BlobStore
 from emaild.store.database import Database
-from emaild.store.models import Attachment, Case, Message, OutboxItem, QuarantineEntry
+from emaild.store.models import (
+    Attachment,
+    Case,
+    Message,
+    OutboxItem,
+    QuarantineEntry,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEvent,
+)
 
 ACTOR = "retention"
 BATCH = 2000
@@ -66,6 +75,7 @@ class PurgeReport:
     attachments: int = 0  # attachments whose bytes went
     quarantine_entries: int = 0
     dropped_messages: int = 0
+    webhook_deliveries: int = 0
     blobs: BlobsFreed = field(default_factory=BlobsFreed)
 
     def as_json(self) -> dict[str, Any]:
@@ -103,6 +113,9 @@ def purge(
     if rules.dropped_days:
         cutoff = now - timedelta(days=rules.dropped_days)
         steps.append(lambda s, after, c=cutoff: _dropped(s, c, after))
+    if rules.webhook_days:
+        cutoff = now - timedelta(days=rules.webhook_days)
+        steps.append(lambda s, after, c=cutoff: _webhooks(s, c, after))
     for step in steps:
         after = 0
         for _ in range(MAX_BATCHES):
@@ -163,6 +176,35 @@ def _older(blobs: BlobStore, sha: str, cutoff: float) -> bool:
         return blobs.path(sha).stat().st_mtime < cutoff
     except FileNotFoundError:
         return False
+
+
+def _webhooks(session: Session, cutoff: datetime, after: int) -> Batch:
+    """A batch of finished webhook deliveries created before ``cutoff``: their attempts,
+    the rows, and the events no delivery refers to any more."""
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.event_id)
+        .where(
+            WebhookDelivery.status.in_(("delivered", "failed")),
+            WebhookDelivery.created_at < cutoff,
+            WebhookDelivery.id > after,
+        )
+        .order_by(WebhookDelivery.id)
+        .limit(BATCH)
+    ).all()
+    if not rows:
+        return None, set(), {}
+    ids = [int(r[0]) for r in rows]
+    events = {int(r[1]) for r in rows}
+    session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+    still = set(
+        session.scalars(
+            select(WebhookDelivery.event_id).where(WebhookDelivery.event_id.in_(sorted(events)))
+        )
+    )
+    if events - still:
+        session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(sorted(events - still))))
+    return ids[-1], set(), {"webhook_deliveries": len(ids)}
 
 
 def _closed_cases(session: Session, cutoff: datetime, after: int, now: datetime) -> Batch:
