@@ -7,8 +7,13 @@ Components never import the daemon; the daemon's caller decides which run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar
+
+import structlog
+
+from emaild.errors import EmaildError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,3 +56,76 @@ class Component(Protocol):
     async def stop(self) -> None:
         """Finish or abandon work in progress; called once on shutdown."""
         ...
+
+
+class JobComponent:
+    """A component that runs ``work`` as one job on the daemon's scheduler.
+
+    ``max_instances=1`` and ``coalesce`` keep runs from overlapping in one
+    process; a failing run is logged (``failed_event``), never raised, and the
+    next run tries again. ``stop`` removes the job and waits for a run in
+    progress (the daemon bounds the wait). A subclass gives ``name``,
+    ``job_id``, ``failed_event``, ``trigger()`` and ``work()``.
+    """
+
+    name = ""
+    job_id = ""
+    failed_event = ""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.host: Host | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def trigger(self) -> dict[str, Any]:
+        """``add_job`` arguments: the trigger and its fields (``next_run_time``...)."""
+        raise NotImplementedError
+
+    async def work(self, host: Host) -> None:
+        """One run."""
+        raise NotImplementedError
+
+    async def start(self, host: Host) -> None:
+        self.host = host
+        host.scheduler.add_job(
+            self.run_once, id=self.job_id, max_instances=1, coalesce=True, **self.trigger()
+        )
+
+    async def run_once(self) -> None:
+        """One run of ``work``; errors are logged, never raised."""
+        assert self.host is not None
+        self._idle.clear()
+        log = structlog.get_logger(f"emaild.{self.name}")
+        try:
+            await self.work(self.host)
+        except EmaildError as exc:  # e.g. the database is down: the next run tries again
+            log.warning(self.failed_event, error=str(exc))
+        except Exception as exc:
+            log.error(self.failed_event, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        finally:
+            self._idle.set()
+
+    async def stop(self) -> None:
+        if self.host is not None:
+            scheduler: Any = self.host.scheduler
+            if scheduler.get_job(self.job_id) is not None:
+                scheduler.remove_job(self.job_id)
+        await self._idle.wait()
+
+
+class PeriodicJob(JobComponent):
+    """``fn`` in the worker pool every ``seconds`` (the release jobs of held mail)."""
+
+    def __init__(self, name: str, fn: Callable[[], object], seconds: float) -> None:
+        super().__init__(None)
+        self.name = self.job_id = name
+        self.failed_event = f"{name}.failed"
+        self.fn = fn
+        self.seconds = seconds
+
+    def trigger(self) -> dict[str, Any]:
+        return {"trigger": "interval", "seconds": self.seconds}
+
+    async def work(self, host: Host) -> None:
+        await host.run_sync(self.fn)

@@ -289,7 +289,7 @@ def test_over_the_daily_cap_held_then_released(make_api: Any, run_cli: Any) -> N
     # The same day nothing is released; the next day the cap's room is.
     job = cap.release_job(app)  # what `emaild run` schedules every 5 minutes
     assert job is not None
-    assert job.release_due() == []
+    assert job.fn() == []
     yesterday = app.pipeline.clock() - timedelta(days=1)
 
     def a_day_passes(session: Any) -> None:
@@ -297,7 +297,7 @@ def test_over_the_daily_cap_held_then_released(make_api: Any, run_cli: Any) -> N
         session.execute(update(WebformDay).values(day=cap.day_of(yesterday)))
 
     app.db.run(a_day_passes)
-    released = job.release_due()
+    released = job.fn()
     assert isinstance(released, list)
     assert len(released) == 1 and released[0].result.case_number is not None
     assert len(cap.held_entries(app.db)) == 2 and _cases(server) == 2

@@ -35,7 +35,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     from emaild.outbox.component import outbox_component
     from emaild.privacy.component import retention_component
     from emaild.systemd import listen_fds
-    from emaild.verification.release import ReleaseJob
+    from emaild.verification.release import release_job as verified_release_job
     from emaild.webform.cap import release_job
     from emaild.webhooks.component import webhook_component
 
@@ -51,7 +51,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     components: tuple[ComponentFactory, ...] = (
         outbox_component,
         webhook_component,
-        lambda app: ReleaseJob(app.pipeline.release_held),
+        lambda app: verified_release_job(app.pipeline.release_held),
         imap_component,
         release_job,
         retention_component,

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import func, select
 
 from emaild.addresses import AddressBook
-from emaild.component import Host
+from emaild.component import PeriodicJob
 from emaild.errors import EmaildError
 from emaild.intake import Envelope, Ingest, IngestResult
 from emaild.store.blobs import BlobStore
@@ -135,28 +135,6 @@ def release_held(
     return released
 
 
-class ReleaseJob:
+def release_job(release: Callable[[], object]) -> PeriodicJob:
     """Daemon component: releases held mail of verified addresses every minute."""
-
-    name = "verification.release"
-
-    def __init__(self, release: Callable[[], object]) -> None:
-        self.release = release
-
-    async def start(self, host: Host) -> None:
-        """Add the job to the daemon's scheduler; the work runs in its worker pool."""
-
-        async def tick() -> None:
-            await host.run_sync(self.release)
-
-        host.scheduler.add_job(
-            tick,
-            "interval",
-            seconds=RELEASE_JOB_SECONDS,
-            id=self.name,
-            max_instances=1,
-            coalesce=True,
-        )
-
-    async def stop(self) -> None:
-        """Nothing to stop: the scheduler stops with the daemon."""
+    return PeriodicJob("verification.release", release, RELEASE_JOB_SECONDS)

@@ -10,7 +10,6 @@ held entries of earlier days through the pipeline while today has room, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from emaild import quarantine
-from emaild.component import Host
+from emaild.component import PeriodicJob
 from emaild.config import WebformConfig
 from emaild.errors import InputError, TransientError
 from emaild.intake import IngestResult, Outcome
@@ -193,33 +192,12 @@ def release_due(pipeline: Any, forms: list[WebformConfig]) -> list[Released]:
     return release(pipeline, {f.name: f.daily_cap for f in forms})
 
 
-def release_job(app: Any) -> CapReleaseJob | None:
+def release_job(app: Any) -> PeriodicJob | None:
     """``emaild run`` factory: the job runs when forms are configured (reads them per run)."""
     if not app.config.webform:
         return None
-    return CapReleaseJob(lambda: release_due(app.pipeline, app.config.webform))
-
-
-class CapReleaseJob:
-    """Daemon component: releases yesterday's held submissions as today's cap allows."""
-
-    name = "webform.release"
-
-    def __init__(self, release_due: Callable[[], object]) -> None:
-        self.release_due = release_due
-
-    async def start(self, host: Host) -> None:
-        async def tick() -> None:
-            await host.run_sync(self.release_due)
-
-        host.scheduler.add_job(
-            tick,
-            "interval",
-            seconds=RELEASE_JOB_SECONDS,
-            id=self.name,
-            max_instances=1,
-            coalesce=True,
-        )
-
-    async def stop(self) -> None:
-        """Nothing to stop: the scheduler stops with the daemon."""
+    return PeriodicJob(
+        "webform.release",
+        lambda: release_due(app.pipeline, app.config.webform),
+        RELEASE_JOB_SECONDS,
+    )
