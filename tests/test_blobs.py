@@ -133,6 +133,9 @@ def test_remove_keeps_a_blob_stored_again_since_the_deletion_began(
     with pytest.raises(FileNotFoundError):
         blob_store.open(sha_unused)
     assert blob_store.used_at(sha_unused) is None
+    # Whatever its time (how ``blobs migrate`` drops a corrupt copy before copying again).
+    assert blob_store.remove(sha_reused, unless_used_since=float("inf")) == len(reused)
+    assert not blob_store.exists(sha_reused)
 
 
 def test_stale_temporary_files_are_removed_on_every_backend(
@@ -189,3 +192,45 @@ def test_an_unusable_store_is_a_transient_error(unusable_store: BlobStore) -> No
         unusable_store.put(b"data")
     with pytest.raises(TransientError, match=r"blob store|database"):
         unusable_store.put_chunks(iter((b"data",)))
+
+
+def test_blob_backends_their_settings_cannot_serve_are_refused(tmp_path: Path) -> None:
+    from emaild.config import load_config
+    from emaild.errors import ConfigError
+
+    env = {"HOME": str(tmp_path), "EMAILD_STATE_DIR": str(tmp_path / "state")}
+    cases = {
+        '[storage]\nblobs = "postgresql"\n': "needs a PostgreSQL database_url",
+        '[storage]\nblobs = "s3"\n': "needs \\[storage.s3\\] bucket",
+        '[storage]\nblobs = "nfs"\n': "'file', 'postgresql' or 's3'",
+    }
+    for toml, problem in cases.items():
+        path = tmp_path / "emaild.toml"
+        path.write_text(toml)
+        with pytest.raises(ConfigError, match=problem):
+            load_config(path, env)
+    path.write_text('[storage]\nblobs = "s3"\n[storage.s3]\nbucket = "b"\nprefix = "/mail"\n')
+    config = load_config(path, env)
+    assert (config.storage.blobs, config.storage.s3.prefix) == ("s3", "mail/")
+
+
+def test_s3_credentials_come_from_their_file_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    from emaild.errors import ConfigError
+    from emaild.store.blobs.s3 import read_credentials
+
+    good = tmp_path / "s3.cred"
+    good.write_text("[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n")
+    assert read_credentials(S3Config(bucket="b", credentials_file=str(good))) == {
+        "aws_access_key_id": "AK",
+        "aws_secret_access_key": "SK",
+    }
+    assert read_credentials(S3Config(bucket="b")) == {}  # the SDK's own chain
+    bad = tmp_path / "bad.cred"
+    bad.write_text("[default]\naws_access_key_id = AK\n")
+    for settings, problem in (
+        (S3Config(bucket="b", credentials_file=str(bad)), "needs aws_access_key_id and"),
+        (S3Config(bucket="b", credentials_file=str(good), profile="x"), "has no \\[x\\]"),
+        (S3Config(bucket="b", credentials_file=str(tmp_path / "none")), "cannot read"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            read_credentials(settings)

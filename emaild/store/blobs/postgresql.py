@@ -116,13 +116,11 @@ class PostgresBlobStore(RemoteBlobStore):
         return streaming(next_piece, lambda: None)
 
     def remove(self, sha256: str, *, unless_used_since: float) -> int | None:
-        since = datetime.fromtimestamp(unless_used_since, UTC)
+        query = delete(BLOBS).where(BLOBS.c.sha256 == check_sha(sha256))
+        if unless_used_since != float("inf"):  # inf: whatever its time (a corrupt copy)
+            query = query.where(BLOBS.c.used_at < datetime.fromtimestamp(unless_used_since, UTC))
         with translate_errors(), self._engine.begin() as conn:
-            size = conn.execute(
-                delete(BLOBS)
-                .where(BLOBS.c.sha256 == check_sha(sha256), BLOBS.c.used_at < since)
-                .returning(BLOBS.c.size)
-            ).scalar()
+            size = conn.execute(query.returning(BLOBS.c.size)).scalar()
             if size is None:
                 return None
             conn.execute(delete(CHUNKS).where(CHUNKS.c.sha256 == sha256))
