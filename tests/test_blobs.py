@@ -79,6 +79,7 @@ def test_large_blobs_stream_both_ways_without_being_held_whole(blob_store: BlobS
         _, read_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    print(f"{blob_store.kind}: 8 MiB blob, peak {stored_peak} B storing, {read_peak} B reading")
     assert (sha, size, read) == (digest.hexdigest(), total, total)
     assert check.hexdigest() == sha
     # 8 MiB through each way; a few 1 MiB pieces at most in memory at once.

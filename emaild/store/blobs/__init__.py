@@ -47,5 +47,6 @@ def open_blob_store(config: Config, db: Database, backend: str = "") -> BlobStor
     if backend == "s3":
         from emaild.store.blobs.s3 import S3BlobStore
 
-        return S3BlobStore(config.storage.s3, temp_dir)
+        # Every pipeline worker, plus downloads and jobs, may use it at once.
+        return S3BlobStore(config.storage.s3, temp_dir, connections=config.limits.workers + 8)
     return FileBlobStore(config.blob_dir)

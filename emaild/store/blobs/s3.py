@@ -68,7 +68,8 @@ class S3BlobStore(RemoteBlobStore):
 
     kind: BlobBackend = "s3"
 
-    def __init__(self, settings: S3Config, temp_dir: Path) -> None:
+    def __init__(self, settings: S3Config, temp_dir: Path, connections: int = 10) -> None:
+        """``connections``: the client's pool, one per thread that may use it at once."""
         super().__init__(temp_dir)
         import boto3
         from botocore.config import Config as BotoConfig
@@ -79,6 +80,7 @@ class S3BlobStore(RemoteBlobStore):
             connect_timeout=settings.connect_timeout_seconds,
             read_timeout=settings.read_timeout_seconds,
             retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            max_pool_connections=connections,
             s3={"addressing_style": settings.addressing_style},
             # Plain signed requests: S3-compatible stores that predate AWS's
             # default checksums (aws-chunked uploads) accept them all.
