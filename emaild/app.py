@@ -11,7 +11,7 @@ from emaild.errors import ConfigError
 from emaild.observe import metrics
 from emaild.pipeline.core import Pipeline
 from emaild.services import Services
-from emaild.store.blobs import BlobStore
+from emaild.store.blobs import BlobStore, open_blob_store
 from emaild.store.database import Database
 from emaild.webhooks.subscriptions import sync_config
 
@@ -73,7 +73,11 @@ class App:
             except BaseException:
                 db.dispose()  # a bad secret file, an outage: no pooled connection left open
                 raise
-        blobs = BlobStore(config.blob_dir)
+        try:
+            blobs = open_blob_store(config, db)
+        except BaseException:
+            db.dispose()
+            raise
         pipeline = Pipeline(Services.build(config, db, blobs), db)
         return cls(config=config, db=db, blobs=blobs, pipeline=pipeline)
 
@@ -85,6 +89,11 @@ class App:
         for attr in ("database_url", "state_dir", "blob_dir"):
             if getattr(config, attr) != getattr(self.config, attr):
                 raise ConfigError(f"changing {attr} needs a restart", key="storage")
+        if (config.storage.blobs, config.storage.s3) != (
+            self.config.storage.blobs,
+            self.config.storage.s3,
+        ):
+            raise ConfigError("changing the blob store needs a restart", key="storage.blobs")
         # Raises ConfigError before anything changes; then one assignment swaps it all.
         services = Services.build(config, self.db, self.blobs, clock=self.services.clock)
         sync_webhooks(self.db, config)
@@ -93,4 +102,5 @@ class App:
         metrics.set_enabled(config.metrics.enabled)
 
     def close(self) -> None:
+        self.blobs.close()
         self.db.dispose()

@@ -30,6 +30,7 @@ from emaild.config_model import (
     RelayConfig,
     RetentionConfig,
     RoutingAddress,
+    S3Config,
     SmtpConfig,
     SpamConfig,
     StorageConfig,
@@ -42,6 +43,7 @@ from emaild.config_model import (
     WebhooksConfig,
     is_loopback,
 )
+from emaild.config_storage import check_storage
 from emaild.errors import ConfigError
 from emaild.tomlsource import TomlSource
 
@@ -64,6 +66,7 @@ __all__ = [
     "RelayConfig",
     "RetentionConfig",
     "RoutingAddress",
+    "S3Config",
     "SmtpConfig",
     "SpamConfig",
     "StorageConfig",
@@ -150,7 +153,15 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
             "state_dir": state_dir,
             "database_url": database_url,
             "blob_dir": rel(storage.blob_dir),
+            "s3": storage.s3.model_copy(
+                update={"credentials_file": rel(storage.s3.credentials_file)}
+            ),
         }
+    )
+    check_storage(
+        storage,
+        database_url or "sqlite",
+        file=str(path) if path else None,
     )
     rules_dir = env.get("EMAILD_RULES_DIR") or rel(config.rules_dir)
     rules_dir = rules_dir or str(DEFAULTS_DIR / "rules")

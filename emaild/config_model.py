@@ -23,6 +23,7 @@ from emaild.config_base import MiB, Section
 from emaild.config_host import DaemonConfig, HttpConfig, PostfixConfig
 from emaild.config_ops import AlertsConfig, ForwardingTestConfig, MetricsConfig
 from emaild.config_retention import RetentionConfig
+from emaild.config_storage import S3Config, StorageConfig
 from emaild.config_trust import SpamConfig, TrustConfig
 from emaild.config_webform import WebConfig, WebformConfig
 from emaild.config_webhooks import WebhookConfig, WebhooksConfig
@@ -36,8 +37,10 @@ __all__ = [
     "MiB",
     "PostfixConfig",
     "RetentionConfig",
+    "S3Config",
     "Section",
     "SpamConfig",
+    "StorageConfig",
     "TrustConfig",
     "WebConfig",
     "WebformConfig",
@@ -125,15 +128,6 @@ class RoutingAddress(Section):
 
     def all_addresses(self) -> tuple[str, ...]:
         return (self.address, *self.aliases)
-
-
-class StorageConfig(Section):
-    """Where cases, messages and blobs live."""
-
-    state_dir: str = ""
-    database_url: str = ""
-    blob_dir: str = ""
-    busy_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
 class LimitsConfig(Section):

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mailbuilder import build_mail, build_multipart
 from sqlalchemy import select, update
 from webhook_receiver import make_secret
@@ -16,7 +17,14 @@ from emaild.app import App
 from emaild.casework.ops import update_case
 from emaild.intake import Envelope, Outcome
 from emaild.privacy.retention import purge
-from emaild.store.models import Attachment, Case, CaseEvent, Message, QuarantineEntry
+from emaild.store.models import (
+    Attachment,
+    BlobRow,
+    Case,
+    CaseEvent,
+    Message,
+    QuarantineEntry,
+)
 
 SHARED = b"the price list every customer gets\n" * 20
 ONLY_A = b"alice's own scan\n" * 20
@@ -41,6 +49,10 @@ def _backdate(app: App, model: Any, row_id: int, **values: Any) -> None:
 
 
 def _blob_files(app: App) -> set[str]:
+    """The shas of every stored blob, whichever store holds them."""
+    if app.blobs.kind == "postgresql":
+        with app.db.session() as s:
+            return set(s.scalars(select(BlobRow.sha256)))
     return {
         p.name for p in Path(app.config.blob_dir).rglob("*") if p.is_file() and len(p.name) == 64
     }
@@ -97,11 +109,16 @@ def _setup(app: App) -> dict[str, Any]:
 
 
 def _age_blobs(app: App, seconds: float = 600) -> None:
-    """Every blob file as if stored ``seconds`` ago (past the purge's grace period)."""
+    """Every blob as if stored ``seconds`` ago (past the purge's grace period)."""
     import os
     import time
+    from datetime import UTC, datetime
 
     when = time.time() - seconds
+    if app.blobs.kind == "postgresql":
+        with app.db.session() as s, s.begin():
+            s.execute(update(BlobRow).values(used_at=datetime.fromtimestamp(when, UTC)))
+        return
     for path in Path(app.config.blob_dir).rglob("*"):
         if path.is_file():
             os.utime(path, (when, when))
@@ -115,11 +132,17 @@ def _state(app: App) -> Any:
     return sorted(messages), sorted(attachments), sorted(quarantine), _blob_files(app)
 
 
-def test_purge_removes_only_what_the_rules_name(make_app: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("database_url", "blobs"),
+    [("sqlite", "file"), ("postgresql", "file"), ("postgresql", "postgresql")],
+    indirect=["database_url"],
+)
+def test_purge_removes_only_what_the_rules_name(make_app: Any, tmp_path: Path, blobs: str) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "50-test.toml").write_text(RULES, encoding="utf-8")
-    app = make_app(RETENTION, EMAILD_RULES_DIR=str(rules))
+    app = make_app(f'[storage]\nblobs = "{blobs}"\n' + RETENTION, EMAILD_RULES_DIR=str(rules))
+    assert app.blobs.kind == blobs
     rows = _setup(app)
     with app.db.session() as s:
         a_msg = s.get(Message, rows["a"].message_row_id)

@@ -36,7 +36,7 @@ from memprobe import (
 from smtp_helpers import DaemonProcess
 
 from emaild.config import load_config
-from emaild.store.blobs import BlobStore
+from emaild.store.blobs import FileBlobStore
 
 SIZE = 34 * MiB
 CLIENTS = 16
@@ -54,7 +54,7 @@ class Daemon:
 
     def stored(self, sha256: str) -> bytes | None:
         """The raw blob ``sha256`` as the daemon stored it, if it did."""
-        blobs = BlobStore(load_config(self.config, self.env).blob_dir)
+        blobs = FileBlobStore(load_config(self.config, self.env).blob_dir)
         return blobs.read(sha256) if blobs.exists(sha256) else None
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from emaild.app import App
 from emaild.channels.smtp.data import TOO_LONG, TOO_MUCH, DotReader
-from emaild.store.blobs import BlobStore
+from emaild.store.blobs import FileBlobStore
 from emaild.store.models import Message
 
 
@@ -190,7 +190,7 @@ def test_data_sent_in_awkward_pieces_is_stored_exactly_and_limits_keep_the_sessi
 
 
 def test_remove_stale_temp_keeps_what_a_live_writer_holds(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     live = store.spool()
     live.write(b"being received")
     (tmp_path / "blobs" / "tmp" / "spool-left-by-a-crash").write_bytes(b"half a message")

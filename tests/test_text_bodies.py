@@ -25,7 +25,7 @@ from emaild.mime.forwarded import find_original
 from emaild.mime.parse import parse_message
 from emaild.mime.spool import MARKER_PREFIX
 from emaild.pipeline import Envelope, Outcome
-from emaild.store.blobs import BlobStore
+from emaild.store.blobs import FileBlobStore
 from emaild.store.models import Attachment
 from emaild.store.models import Message as MessageRow
 
@@ -109,7 +109,7 @@ def test_a_long_body_is_cut_and_stored_whole(ctype: str, cte: str, tmp_path: Pat
     if cte == "7bit":
         text = text.encode("ascii", "xmlcharrefreplace").decode()
     raw = single(ctype, cte, encode(text, cte))
-    blobs = BlobStore(tmp_path / "blobs")
+    blobs = FileBlobStore(tmp_path / "blobs")
     parsed = parse_message(raw, spool_threshold=THRESHOLD, sink=blobs, text_budget=BUDGET)
 
     whole = decoded(leaves(raw)[0])
@@ -140,7 +140,7 @@ def test_the_budget_is_shared_by_all_text_parts(tmp_path: Path) -> None:
     plain = encode(story(300 * 1024), "quoted-printable")
     html = ("<p>" + story(300 * 1024) + "</p>").encode()
     raw = alternative(plain, html)
-    blobs = BlobStore(tmp_path / "blobs")
+    blobs = FileBlobStore(tmp_path / "blobs")
     parsed = parse_message(raw, spool_threshold=THRESHOLD, sink=blobs, text_budget=BUDGET)
     parts = leaves(raw)
     names = {a.filename: a for a in parsed.attachments}
@@ -166,7 +166,7 @@ def test_a_large_attachment_in_any_transfer_encoding_is_streamed(tmp_path: Path)
         + encode(log, "quoted-printable")
         + b"\r\n--m--\r\n"
     )
-    blobs = BlobStore(tmp_path / "blobs")
+    blobs = FileBlobStore(tmp_path / "blobs")
     spooled = parse_message(raw, spool_threshold=THRESHOLD, sink=blobs, text_budget=BUDGET)
     whole = parse_message(raw, spool_threshold=1 << 30, text_budget=1 << 30)
     assert spooled.attachments == whole.attachments
@@ -242,7 +242,7 @@ def test_only_declared_boundaries_split_parts(tmp_path: Path) -> None:
         HEAD.format(n=4) + 'Content-Type: multipart/mixed; boundary="u"\r\n\r\n--u\r\n'
         "Content-Type: text/plain; charset=utf-8\r\n\r\n"
     ).encode() + story(200 * 1024).encode()
-    blobs = BlobStore(tmp_path / "blobs")
+    blobs = FileBlobStore(tmp_path / "blobs")
     parsed = parse_message(unclosed, spool_threshold=THRESHOLD, sink=blobs, text_budget=BUDGET)
     [body] = parsed.attachments
     assert blobs.read(body.sha256) == decoded(leaves(unclosed)[0])

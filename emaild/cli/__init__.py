@@ -16,6 +16,7 @@ from emaild.errors import EX_SOFTWARE
 # and an MTA's ``emaild ingest`` don't pay for every other command's imports.
 COMMANDS = {
     "address": "address",
+    "blobs": "blobs",
     "cases": "cases",
     "check": "check",
     "erase": "privacy",

@@ -76,7 +76,8 @@ def quarantined_blobs(blobs: BlobStore, raw_sha256: str) -> set[str]:
         return set()
     shas = {raw_sha256}
     try:
-        if blobs.path(raw_sha256).stat().st_size > REPARSE_MAX_BYTES:
+        size = blobs.size(raw_sha256)
+        if size is None or size > REPARSE_MAX_BYTES:
             return shas
         raw = blobs.read(raw_sha256)
         parsed = parse_message(raw, spool_threshold=REPARSE_SPOOL_BYTES, raw_sha256=raw_sha256)

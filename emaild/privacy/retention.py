@@ -157,7 +157,7 @@ def _run_batch(
         report.blobs.kept += outcome["would_keep"]
         for sha in outcome["would_free"]:
             report.blobs.deleted += 1
-            report.blobs.bytes += blobs.path(sha).stat().st_size
+            report.blobs.bytes += blobs.size(sha) or 0
     if outcome.get("last") is None:
         return None
     for key, n in outcome["counts"].items():
@@ -172,10 +172,8 @@ def _run_batch(
 
 def _older(blobs: BlobStore, sha: str, cutoff: float) -> bool:
     """Blob ``sha`` exists and was last stored before ``cutoff``."""
-    try:
-        return blobs.path(sha).stat().st_mtime < cutoff
-    except FileNotFoundError:
-        return False
+    used = blobs.used_at(sha)
+    return used is not None and used < cutoff
 
 
 def _webhooks(session: Session, cutoff: datetime, after: int) -> Batch:

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from emaild.store.base import NAMING, Base, UTCDateTime
+from emaild.store.blob_models import BlobChunk, BlobRow
 from emaild.store.safetext import SafeString, SafeText
 from emaild.store.webhook_models import (
     WebhookAttempt,
@@ -33,6 +34,8 @@ from emaild.store.webhook_models import (
 __all__ = [
     "NAMING",
     "Base",
+    "BlobChunk",
+    "BlobRow",
     "UTCDateTime",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -7,15 +7,17 @@ sandboxes it, whatever its declared type.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated, Any, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from emaild.http.auth import READ, Principal
 from emaild.http.context import ApiContext, api
 from emaild.http.problems import Problem, documented
+from emaild.store.blobs import CHUNK
 from emaild.store.models import Attachment, Message
 
 router = APIRouter(tags=["files"])
@@ -38,19 +40,36 @@ def _disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name or 'download'}\"; filename*=UTF-8''{encoded}"
 
 
-def _download(ctx: ApiContext, sha256: str, filename: str, media_type: str) -> FileResponse:
-    if not sha256 or not ctx.app.blobs.exists(sha256):
+def _pieces(reader: BinaryIO) -> Iterator[bytes]:
+    """The blob in CHUNK pieces (Starlette reads a sync iterator in its thread pool)."""
+    with reader:
+        while piece := reader.read(CHUNK):
+            yield piece
+
+
+def _download(ctx: ApiContext, sha256: str, filename: str, media_type: str) -> StreamingResponse:
+    """Stream the blob from whichever store holds it: never whole in memory."""
+    size = ctx.app.blobs.size(sha256) if sha256 else None
+    if size is None:
         raise Problem(404, "the stored file is missing")
-    headers = {**SAFE_HEADERS, "Content-Disposition": _disposition(filename)}
-    return FileResponse(ctx.app.blobs.path(sha256), media_type=media_type, headers=headers)
+    try:
+        reader = ctx.app.blobs.open(sha256)
+    except FileNotFoundError:
+        raise Problem(404, "the stored file is missing") from None
+    headers = {
+        **SAFE_HEADERS,
+        "Content-Disposition": _disposition(filename),
+        "Content-Length": str(size),
+    }
+    return StreamingResponse(_pieces(reader), media_type=media_type, headers=headers)
 
 
 @router.get(
     "/messages/{message}/raw",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={**_download_doc("message/rfc822"), **documented(401, 403, 404, 422)},
 )
-async def raw_message(message: RowId, ctx: Ctx, _: Principal = READ) -> FileResponse:
+async def raw_message(message: RowId, ctx: Ctx, _: Principal = READ) -> StreamingResponse:
     """The message exactly as stored (.eml)."""
 
     def find() -> str:
@@ -66,10 +85,10 @@ async def raw_message(message: RowId, ctx: Ctx, _: Principal = READ) -> FileResp
 
 @router.get(
     "/attachments/{attachment}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={**_download_doc("application/octet-stream"), **documented(401, 403, 404, 422)},
 )
-async def attachment_file(attachment: RowId, ctx: Ctx, _: Principal = READ) -> FileResponse:
+async def attachment_file(attachment: RowId, ctx: Ctx, _: Principal = READ) -> StreamingResponse:
     """An attachment's bytes, as a download (never rendered)."""
 
     def find() -> tuple[str, str]:
