@@ -18,6 +18,14 @@ to read them) must each get 552 while the daemon's peak RSS stays bounded.
     .venv/bin/python bench/bench_smtp.py [--messages 1500] [--seconds 20]
     .venv/bin/python bench/bench_smtp.py --database-url postgresql+psycopg://...
 
+With ``--workers 1,2`` (PostgreSQL only) it compares instead ``emaild run
+--workers N`` for each N at 32 clients, in one run, and prints the throughput
+ratio and where the CPU went: the supervisor and its workers, PostgreSQL's
+processes, and this load generator (from /proc and ``getrusage``), since on a
+small machine they all share the same cores.
+
+    .venv/bin/python bench/bench_smtp.py --workers 1,2 --database-url postgresql+psycopg://...
+
 Bounded in count (``--messages`` per level) and time (``--seconds`` per level).
 """
 
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -206,7 +215,9 @@ def rss_kib(pid: int, field: str) -> int:
     return 0
 
 
-def start_emaild(port: int, state: Path, database_url: str) -> subprocess.Popen[bytes]:
+def start_emaild(
+    port: int, state: Path, database_url: str, workers: int = 1
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMAILD_", "NOTIFY_"))}
     env.update(
         {
@@ -218,9 +229,8 @@ def start_emaild(port: int, state: Path, database_url: str) -> subprocess.Popen[
     if database_url:
         env["EMAILD_DATABASE_URL"] = database_url
     log = (state.parent / "emaild.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "emaild", "run"], env=env, stdout=log, stderr=log, cwd=ROOT
-    )
+    command = [sys.executable, "-m", "emaild", "run", "--workers", str(workers)]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
 
 
 def measure(
@@ -297,14 +307,117 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> tuple[str, int, float]:
+    """(command name, parent pid, CPU seconds used) of a process, from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def cpu_by_group(supervisor: int) -> dict[str, float]:
+    """CPU seconds so far of the supervisor, its workers and PostgreSQL's processes."""
+    out = {"supervisor": 0.0, "workers": 0.0, "postgres": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, parent, seconds = proc_stat(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if int(entry.name) == supervisor:
+            out["supervisor"] += seconds
+        elif parent == supervisor:
+            out["workers"] += seconds
+        elif name == "postgres" or name.startswith("postgres:"):
+            out["postgres"] += seconds
+    return out
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_workers(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Until the supervisor logged that all its workers are ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"emaild exited with {proc.returncode}")
+        if '"supervisor.ready"' in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise SystemExit("workers did not start")
+
+
+def scaling(args: argparse.Namespace, counts: list[int]) -> None:
+    """``emaild run --workers N`` for each N at 32 clients, with the CPU split."""
+    clients = LEVELS[-1]
+    rows = []
+    for workers in counts:
+        with tempfile.TemporaryDirectory(prefix="emaild-bench-") as tmp:
+            state = Path(tmp) / "state"
+            state.mkdir()
+            port = free_port()
+            proc = start_emaild(port, state, args.database_url, workers)
+            try:
+                wait_port(port, proc)
+                if workers > 1:
+                    wait_workers(proc, Path(tmp) / "emaild.log")
+                # Every worker imports, connects and warms up before the clock starts.
+                asyncio.run(run_level(port, 4 * workers, 40 * workers, 20, f"w{workers}-warm"))
+                before, load_before = cpu_by_group(proc.pid), self_cpu()
+                level = asyncio.run(
+                    run_level(port, clients, args.messages, args.seconds, f"w{workers}")
+                )
+                after, load_after = cpu_by_group(proc.pid), self_cpu()
+            finally:
+                code = stop(proc)
+        cpu = {k: after[k] - before[k] for k in after}
+        cpu["load generator"] = load_after - load_before
+        rows.append((workers, level, cpu))
+        split = ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items())
+        print(
+            f"  workers={workers}: {level.rate:7.1f} msg/s  p50 {level.percentile(0.5):6.1f} ms  "
+            f"p99 {level.percentile(0.99):6.1f} ms  ({level.sent} sent, {level.failed} failed, "
+            f"{level.seconds:.1f} s; exit {code})\n      CPU: {split} "
+            f"= {sum(cpu.values()) / level.seconds:.2f} cores busy of {os.cpu_count()}",
+            flush=True,
+        )
+        for reply, n in level.failures.most_common(3):
+            print(f"           {n} x {reply}")
+    base = rows[0][1].rate
+    for workers, level, _cpu in rows[1:]:
+        print(
+            f"\nthroughput ratio workers={workers} / workers={rows[0][0]} at {clients} clients: "
+            f"{level.rate / base if base else 0.0:.2f}"
+        )
+    for workers, _level, cpu in rows:
+        total = sum(cpu.values()) or 1.0
+        shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in cpu.items())
+        print(f"CPU split workers={workers}: {shares}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1500, help="messages per level")
     parser.add_argument("--seconds", type=float, default=20.0, help="time cap per level")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
     parser.add_argument("--oversize", type=int, default=3, help="oversized messages to send")
+    parser.add_argument(
+        "--workers", default="", help="compare 'emaild run --workers N' for N in e.g. 1,2"
+    )
     args = parser.parse_args()
     print(f"4 KiB messages, new connection per message, {os.cpu_count()} CPUs, loopback")
+    if args.workers:
+        if not args.database_url.startswith("postgresql"):
+            raise SystemExit("--workers needs --database-url postgresql+psycopg://...")
+        scaling(args, [int(n) for n in args.workers.split(",")])
+        return
 
     port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SINK, str(port)], stdout=subprocess.DEVNULL)

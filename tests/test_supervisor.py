@@ -1,0 +1,236 @@
+"""``emaild run --workers N``: a supervisor and N worker processes on shared listeners,
+as real subprocesses on PostgreSQL (SQLite is refused)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import smtplib
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtp_helpers import DaemonProcess, daemon_process
+from sqlalchemy import select
+
+from emaild.store.database import Database
+from emaild.store.models import Message
+
+on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+SENDER = "alice@customer.test"
+
+
+def message(tag: str) -> bytes:
+    return (
+        f"From: Alice <{SENDER}>\r\nTo: support@example.com\r\nSubject: Load {tag}\r\n"
+        f"Message-ID: <{tag}@customer.test>\r\n\r\nHello {tag}.\r\n"
+    ).encode()
+
+
+def children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (from /proc, as ps does)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(text.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def ready_workers(daemon: DaemonProcess) -> set[int]:
+    """Worker pids that said READY and have not exited, from the supervisor's log."""
+    ready = {e["pid"] for e in daemon.events("supervisor.worker_ready")}
+    gone = {e["pid"] for e in daemon.events("supervisor.worker_exited")}
+    return ready - gone
+
+
+def serving(pids: set[int], least: int) -> list[int]:
+    return sorted(pids) if len(pids) >= least else []
+
+
+def wait_until(condition: Any, timeout: float, what: str, daemon: DaemonProcess) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; log tail:\n{daemon.log()[-3000:]}")
+
+
+def stored_counts(database_url: str) -> Counter[str]:
+    db = Database(database_url)
+    try:
+        with db.session() as s:
+            rows = s.execute(select(Message.message_id, Message.case_id)).all()
+    finally:
+        db.dispose()
+    assert all(case_id is not None for _, case_id in rows)
+    return Counter(message_id for message_id, _ in rows)
+
+
+class Load:
+    """Client threads sending unique messages until stopped; a failed one is retried
+    (as an MTA would: the same Message-ID), so a kill can cause no loss and no copy."""
+
+    def __init__(self, port: int, threads: int) -> None:
+        self.port = port
+        self.accepted: list[str] = []
+        self.failures = 0
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(threads)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def client(self, n: int) -> None:
+        for i in range(10_000):  # bounded; stopped long before
+            tag = f"load-{n}-{i}"
+            for _attempt in range(20):
+                if self.send(tag):
+                    self.accepted.append(f"<{tag}@customer.test>")
+                    break
+                self.failures += 1
+                time.sleep(0.05)
+            if self.stop.is_set():
+                return
+
+    def send(self, tag: str) -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                return client.sendmail(SENDER, ["support@example.com"], message(tag)) == {}
+        except (OSError, smtplib.SMTPException):
+            return False
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+            assert not thread.is_alive()
+
+
+@pytest.mark.slow
+@on_postgresql
+def test_killed_workers_are_replaced_and_every_250_has_exactly_one_case(
+    cli_env: dict[str, str], tmp_path: Path, database_url: str
+) -> None:
+    workers, kills = 3, 10
+    started = time.monotonic()
+    rng = random.Random(16)
+    with daemon_process(cli_env, tmp_path, run_args=["--workers", str(workers)]) as daemon:
+        assert daemon.proc is not None
+        supervisor = daemon.proc.pid
+        first = ready_workers(daemon)
+        assert len(first) == workers and first == children(supervisor)
+        assert f"{workers}/{workers} workers ready" in daemon.notifications[-1]["STATUS"]
+        load = Load(daemon.smtp_port, threads=4)
+        load.start()
+        killed: list[int] = []
+        try:
+            for _ in range(kills):
+                # Keep one worker serving while another restarts; kill at a random moment.
+                ready = wait_until(
+                    lambda: serving(ready_workers(daemon) - set(killed), 2), 60, "workers", daemon
+                )
+                time.sleep(rng.uniform(0.05, 1.0))
+                victim = rng.choice(ready)
+                daemon.proc.send_signal(0)  # the supervisor is still there
+                signal_worker(victim)
+                killed.append(victim)
+            wait_until(
+                lambda: len(ready_workers(daemon)) == workers, 60, "all workers back", daemon
+            )
+        finally:
+            load.finish()
+        served_by = {e["pid"] for e in daemon.events("ingest.stored")}
+        now = ready_workers(daemon)
+        assert now == children(supervisor) and len(now) == workers
+        assert not now & set(killed)
+        exits = daemon.events("supervisor.worker_exited")
+        assert {e["pid"] for e in exits} == set(killed)
+        assert all(e["status"] == "signal SIGKILL" for e in exits)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    # Every worker that lived took mail: the load spread over the processes.
+    assert len(served_by) > workers
+    counts = stored_counts(database_url)
+    assert len(load.accepted) > 50
+    assert all(counts[m] == 1 for m in load.accepted), "a 250 without exactly one stored copy"
+    assert max(counts.values()) == 1  # nothing stored twice, retried or not
+    assert time.monotonic() - started < 120
+
+
+def signal_worker(pid: int) -> None:
+    import os
+
+    os.kill(pid, signal.SIGKILL)
+
+
+@on_sqlite
+def test_sqlite_with_several_workers_exits_78_with_one_line(run_cli: Any) -> None:
+    done = run_cli("run", "--workers", "2", env={"EMAILD_SMTP_LISTEN": "127.0.0.1:0"})
+    assert done.returncode == 78
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "SQLite allows one writer process" in lines[0]
+    assert "PostgreSQL" in lines[0] and "--workers 1" in lines[0]
+
+
+@on_postgresql
+def test_sigterm_drains_all_workers_and_sighup_reloads_each(
+    cli_env: dict[str, str], tmp_path: Path, database_url: str
+) -> None:
+    config = tmp_path / "emaild.toml"
+    config.write_text('[[address]]\naddress = "support@example.com"\n')
+    with daemon_process(
+        cli_env, tmp_path, args=["--config", str(config)], run_args=["--workers", "2"]
+    ) as daemon:
+        assert daemon.proc is not None
+        pids = ready_workers(daemon)
+        assert len(pids) == 2 and pids == children(daemon.proc.pid)
+        config.write_text(
+            '[[address]]\naddress = "support@example.com"\n'
+            '[[address]]\naddress = "sales@example.com"\n'
+        )
+        daemon.signal(signal.SIGHUP)
+        assert daemon.wait_for("RELOADING")["RELOADING"] == "1"
+        assert "2/2 workers ready" in daemon.wait_for("READY")["STATUS"]
+        assert {e["pid"] for e in daemon.events("daemon.reloaded")} == pids
+        # Whichever worker takes the connection knows the new address.
+        for n in range(8):
+            with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
+                assert client.sendmail(SENDER, ["sales@example.com"], message(f"hup-{n}")) == {}
+        # A message in the middle of DATA when SIGTERM comes still completes.
+        client = smtplib.SMTP("127.0.0.1", daemon.smtp_port)
+        client.ehlo()
+        client.mail(SENDER)
+        client.rcpt("support@example.com")
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(b"Subject: drain\r\nMessage-ID: <drain@customer.test>\r\n\r\nhalf ")
+        time.sleep(0.2)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_for("STOPPING")["STOPPING"] == "1"
+        time.sleep(0.5)
+        client.send(b"the rest\r\n.\r\n")
+        assert client.getreply()[0] == 250
+        client.close()
+        assert daemon.wait(60) == 0
+        stopped = {e["pid"]: e["status"] for e in daemon.events("supervisor.worker_stopped")}
+        assert stopped == {pid: "exit 0" for pid in pids}
+        assert {e["pid"] for e in daemon.events("daemon.stopped")} == pids
+    counts = stored_counts(database_url)
+    assert counts["<drain@customer.test>"] == 1
+    assert all(counts[f"<hup-{n}@customer.test>"] == 1 for n in range(8))
