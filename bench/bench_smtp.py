@@ -354,6 +354,20 @@ def wait_workers(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120)
     raise SystemExit("workers did not start")
 
 
+def commits(database_url: str) -> int:
+    """Transactions committed so far in the database (``pg_stat_database``; the
+    statistics lag by up to ``stats_fetch_consistency``'s snapshot, not more)."""
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def scaling(args: argparse.Namespace, counts: list[int]) -> None:
     """``emaild run --workers N`` for each N at 32 clients, with the CPU split."""
     clients = LEVELS[-1]
@@ -370,11 +384,14 @@ def scaling(args: argparse.Namespace, counts: list[int]) -> None:
                     wait_workers(proc, Path(tmp) / "emaild.log")
                 # Every worker imports, connects and warms up before the clock starts.
                 asyncio.run(run_level(port, 4 * workers, 40 * workers, 20, f"w{workers}-warm"))
+                commits_before = commits(args.database_url)
                 before, load_before = cpu_by_group(proc.pid), self_cpu()
                 level = asyncio.run(
                     run_level(port, clients, args.messages, args.seconds, f"w{workers}")
                 )
                 after, load_after = cpu_by_group(proc.pid), self_cpu()
+                time.sleep(1.0)  # the statistics collector's delay
+                per_message = (commits(args.database_url) - commits_before) / max(1, level.sent)
             finally:
                 code = stop(proc)
         cpu = {k: after[k] - before[k] for k in after}
@@ -384,7 +401,8 @@ def scaling(args: argparse.Namespace, counts: list[int]) -> None:
         print(
             f"  workers={workers}: {level.rate:7.1f} msg/s  p50 {level.percentile(0.5):6.1f} ms  "
             f"p99 {level.percentile(0.99):6.1f} ms  ({level.sent} sent, {level.failed} failed, "
-            f"{level.seconds:.1f} s; exit {code})\n      CPU: {split} "
+            f"{level.seconds:.1f} s; exit {code}; {per_message:.2f} commits/message)"
+            f"\n      CPU: {split} "
             f"= {sum(cpu.values()) / level.seconds:.2f} cores busy of {os.cpu_count()}",
             flush=True,
         )

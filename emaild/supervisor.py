@@ -233,6 +233,7 @@ class Supervisor:
                 restart_in_seconds=delay,
             )
             self.notifier.status(self.summary())
+            self._finish_reload()  # a reload does not wait for a worker that died
         return None
 
     def _restart_due(self, now: float) -> None:

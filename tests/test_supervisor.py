@@ -8,12 +8,13 @@ import signal
 import smtplib
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from smtp_helpers import DaemonProcess, daemon_process
+from smtp_helpers import DaemonProcess, daemon_process, free_port
 from sqlalchemy import select
 
 from emaild.store.database import Database
@@ -194,8 +195,10 @@ def test_sigterm_drains_all_workers_and_sighup_reloads_each(
 ) -> None:
     config = tmp_path / "emaild.toml"
     config.write_text('[[address]]\naddress = "support@example.com"\n')
+    http_port = free_port()
+    env = {**cli_env, "EMAILD_HTTP_LISTEN": f"127.0.0.1:{http_port}"}
     with daemon_process(
-        cli_env, tmp_path, args=["--config", str(config)], run_args=["--workers", "2"]
+        env, tmp_path, args=["--config", str(config)], run_args=["--workers", "2"]
     ) as daemon:
         assert daemon.proc is not None
         pids = ready_workers(daemon)
@@ -208,10 +211,17 @@ def test_sigterm_drains_all_workers_and_sighup_reloads_each(
         assert daemon.wait_for("RELOADING")["RELOADING"] == "1"
         assert "2/2 workers ready" in daemon.wait_for("READY")["STATUS"]
         assert {e["pid"] for e in daemon.events("daemon.reloaded")} == pids
-        # Whichever worker takes the connection knows the new address.
-        for n in range(8):
+        # Whichever worker takes the connection knows the new address; go on
+        # until both workers have stored mail (bounded).
+        sent = 0
+        while sent < 8 or len({e["pid"] for e in daemon.events("ingest.stored")}) < 2:
+            assert sent < 60, "the kernel gave every connection to one worker"
             with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
-                assert client.sendmail(SENDER, ["sales@example.com"], message(f"hup-{n}")) == {}
+                assert client.sendmail(SENDER, ["sales@example.com"], message(f"hup-{sent}")) == {}
+            sent += 1
+        # /metrics counts the messages of all workers, whichever worker answers.
+        for _ in range(6):
+            assert smtp_messages(http_port) == sent
         # A message in the middle of DATA when SIGTERM comes still completes.
         client = smtplib.SMTP("127.0.0.1", daemon.smtp_port)
         client.ehlo()
@@ -233,4 +243,76 @@ def test_sigterm_drains_all_workers_and_sighup_reloads_each(
         assert {e["pid"] for e in daemon.events("daemon.stopped")} == pids
     counts = stored_counts(database_url)
     assert counts["<drain@customer.test>"] == 1
-    assert all(counts[f"<hup-{n}@customer.test>"] == 1 for n in range(8))
+    assert all(counts[f"<hup-{n}@customer.test>"] == 1 for n in range(sent))
+
+
+def smtp_messages(port: int) -> float:
+    """``emaild_messages_total`` of the smtp channel, all outcomes, from one scrape."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('emaild_messages_total{channel="smtp"')
+    )
+
+
+CRASHING_WORKER = r"""
+import sys, time
+from pathlib import Path
+from emaild.systemd import Notifier
+
+started = Path(sys.argv[1])
+if not started.exists():  # the first one comes up, then dies
+    started.write_text("up")
+    Notifier().ready("up")
+    time.sleep(0.3)
+    sys.exit(3)
+sys.exit(4)  # every replacement dies before it is ready
+"""
+
+SUPERVISOR = r"""
+import sys
+from emaild import logs
+from emaild.supervisor import Supervisor
+
+logs.configure("info", "json")
+command = [sys.executable, sys.argv[1], sys.argv[2]]
+sys.exit(Supervisor(count=1, sockets=[], command=command, shutdown_deadline=2).run())
+"""
+
+
+def test_a_crash_loop_backs_off_and_the_supervisor_still_stops_cleanly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(CRASHING_WORKER)
+    log = tmp_path / "supervisor.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISOR, str(worker), str(tmp_path / "started")],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        daemon = DaemonProcess.__new__(DaemonProcess)
+        daemon.log_path = log
+        exits = wait_until(
+            lambda: (e := daemon.events("supervisor.worker_exited")) and len(e) >= 4 and e,
+            60,
+            "four exits",
+            daemon,
+        )
+        assert [e["status"] for e in exits[:4]] == ["exit 3", "exit 4", "exit 4", "exit 4"]
+        # Ready once, then died: a short pause; dying before ready doubles it.
+        assert [e["restart_in_seconds"] for e in exits[:4]] == [0.5, 1.0, 2.0, 4.0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    starts = daemon.events("supervisor.worker_started")
+    assert len(starts) <= len(daemon.events("supervisor.worker_exited")) + 1

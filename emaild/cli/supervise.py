@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from emaild.cli.base import Context
 from emaild.errors import ConfigError
@@ -22,8 +23,11 @@ def supervise(ctx: Context, count: int, log_level: str | None) -> int:
             "(set storage.database_url to PostgreSQL, or use --workers 1)",
             key="daemon.workers",
         )
+    from prometheus_client.multiprocess import mark_process_dead
+
     from emaild.app import App
     from emaild.config import config_path_from
+    from emaild.observe.metrics import MULTIPROC_ENV
     from emaild.sharedsockets import bind_listeners, close_all
     from emaild.supervisor import Supervisor, worker_command
     from emaild.systemd import listen_fds
@@ -33,12 +37,25 @@ def supervise(ctx: Context, count: int, log_level: str | None) -> int:
         # Creates the state directory, migrates, checks rules and templates; then
         # lets go of the database: each worker opens its own.
         App.open(config).close()
+        shared = _metrics_dir(Path(config.state_dir))
         supervisor = Supervisor(
             count=count,
             sockets=sockets,
             command=worker_command(config_path_from(ctx.config_path, os.environ), log_level),
             shutdown_deadline=config.daemon.shutdown_deadline_seconds,
+            worker_env={MULTIPROC_ENV: str(shared)},
+            on_exit=lambda pid: mark_process_dead(pid, str(shared)),  # type: ignore[no-untyped-call]
         )
         return supervisor.run()
     finally:
         close_all(sockets)
+
+
+def _metrics_dir(state_dir: Path) -> Path:
+    """The workers' shared metrics directory, emptied: counters start at 0 with the
+    supervisor, as they do with a single process."""
+    shared = state_dir / "metrics-workers"
+    shared.mkdir(mode=0o700, exist_ok=True)
+    for stale in shared.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return shared
