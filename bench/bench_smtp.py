@@ -216,7 +216,7 @@ def rss_kib(pid: int, field: str) -> int:
 
 
 def start_emaild(
-    port: int, state: Path, database_url: str, workers: int = 1
+    port: int, state: Path, database_url: str, workers: int = 1, config: Path | None = None
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMAILD_", "NOTIFY_"))}
     env.update(
@@ -228,6 +228,8 @@ def start_emaild(
     )
     if database_url:
         env["EMAILD_DATABASE_URL"] = database_url
+    if config is not None:
+        env["EMAILD_CONFIG"] = str(config)
     log = (state.parent / "emaild.log").open("wb")
     command = [sys.executable, "-m", "emaild", "run", "--workers", str(workers)]
     return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
@@ -320,7 +322,7 @@ def proc_stat(pid: int) -> tuple[str, int, float]:
 
 def cpu_by_group(supervisor: int) -> dict[str, float]:
     """CPU seconds so far of the supervisor, its workers and PostgreSQL's processes."""
-    out = {"supervisor": 0.0, "workers": 0.0, "postgres": 0.0}
+    out = {"emaild main process": 0.0, "emaild workers": 0.0, "postgres": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -329,9 +331,9 @@ def cpu_by_group(supervisor: int) -> dict[str, float]:
         except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
         if int(entry.name) == supervisor:
-            out["supervisor"] += seconds
+            out["emaild main process"] += seconds  # the supervisor, or the daemon itself
         elif parent == supervisor:
-            out["workers"] += seconds
+            out["emaild workers"] += seconds
         elif name == "postgres" or name.startswith("postgres:"):
             out["postgres"] += seconds
     return out
@@ -368,16 +370,33 @@ def commits(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+# The per-client-address limits (connections at once, new ones per minute) hold
+# per process: with N workers one address gets N times them. All the load comes
+# from 127.0.0.1 here, so they are lifted for every N alike: this measures
+# capacity, not the limits.
+SCALING_CONFIG = """
+[[address]]
+address = "support@example.com"
+
+[smtp]
+max_connections_per_ip = 1000
+max_connection_rate_per_ip = 1000000
+"""
+
+
 def scaling(args: argparse.Namespace, counts: list[int]) -> None:
     """``emaild run --workers N`` for each N at 32 clients, with the CPU split."""
     clients = LEVELS[-1]
     rows = []
+    print("per-address connection limits lifted for all runs (one client address here)")
     for workers in counts:
         with tempfile.TemporaryDirectory(prefix="emaild-bench-") as tmp:
             state = Path(tmp) / "state"
             state.mkdir()
+            config = Path(tmp) / "emaild.toml"
+            config.write_text(SCALING_CONFIG)
             port = free_port()
-            proc = start_emaild(port, state, args.database_url, workers)
+            proc = start_emaild(port, state, args.database_url, workers, config)
             try:
                 wait_port(port, proc)
                 if workers > 1:
