@@ -101,6 +101,8 @@ class Supervisor:
     worker_env: Mapping[str, str] = field(default_factory=dict)
     # Called after a worker exits with its pid (e.g. to mark its metrics dead).
     on_exit: Callable[[int], None] = lambda pid: None
+    # A ready worker silent for this long is stuck (it pings every half of it).
+    worker_watchdog: float = WORKER_WATCHDOG_SECONDS
     workers: list[Worker] = field(init=False)
     _stopping: int = field(default=0, init=False)
     _all_ready_once: bool = field(default=False, init=False)
@@ -181,7 +183,7 @@ class Supervisor:
             {
                 ENV_VAR: value,
                 "NOTIFY_SOCKET": self._notify_name,
-                "WATCHDOG_USEC": str(int(WORKER_WATCHDOG_SECONDS * 1_000_000)),
+                "WATCHDOG_USEC": str(int(self.worker_watchdog * 1_000_000)),
                 "EMAILD_WORKER": str(worker.index),
                 "EMAILD_SUPERVISOR_PID": str(os.getpid()),
             }
@@ -243,7 +245,7 @@ class Supervisor:
 
     def _check_watchdogs(self, now: float) -> None:
         for worker in self._live():
-            if worker.ready and now - worker.last_ping > WORKER_WATCHDOG_SECONDS:
+            if worker.ready and now - worker.last_ping > self.worker_watchdog:
                 log.error("supervisor.worker_hung", worker=worker.index, pid=worker.pid)
                 worker.last_ping = now  # one SIGKILL; the reaper replaces it
                 self._signal(worker, signal.SIGKILL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import signal
 import smtplib
+import socket
 import threading
 import time
 import urllib.request
@@ -279,16 +280,29 @@ from emaild.supervisor import Supervisor
 
 logs.configure("info", "json")
 command = [sys.executable, sys.argv[1], sys.argv[2]]
-sys.exit(Supervisor(count=1, sockets=[], command=command, shutdown_deadline=2).run())
+supervisor = Supervisor(
+    count=1, sockets=[], command=command, shutdown_deadline=2, worker_watchdog=2.0
+)
+sys.exit(supervisor.run())
+"""
+
+# Ready, then stuck: no watchdog ping ever (a blocked event loop).
+STUCK_WORKER = r"""
+import sys, time
+from emaild.systemd import Notifier
+
+Notifier().ready("up")
+time.sleep(120)
 """
 
 
-def test_a_crash_loop_backs_off_and_the_supervisor_still_stops_cleanly(tmp_path: Path) -> None:
+def run_supervisor(tmp_path: Path, worker_code: str) -> tuple[Any, DaemonProcess]:
+    """The supervisor of ``SUPERVISOR`` over one ``worker_code`` worker; its log reader."""
     import subprocess
     import sys
 
     worker = tmp_path / "worker.py"
-    worker.write_text(CRASHING_WORKER)
+    worker.write_text(worker_code)
     log = tmp_path / "supervisor.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -296,9 +310,14 @@ def test_a_crash_loop_backs_off_and_the_supervisor_still_stops_cleanly(tmp_path:
             stdout=out,
             stderr=out,
         )
+    reader = DaemonProcess.__new__(DaemonProcess)
+    reader.log_path = log
+    return proc, reader
+
+
+def test_a_crash_loop_backs_off_and_the_supervisor_still_stops_cleanly(tmp_path: Path) -> None:
+    proc, daemon = run_supervisor(tmp_path, CRASHING_WORKER)
     try:
-        daemon = DaemonProcess.__new__(DaemonProcess)
-        daemon.log_path = log
         exits = wait_until(
             lambda: (e := daemon.events("supervisor.worker_exited")) and len(e) >= 4 and e,
             60,
@@ -316,3 +335,62 @@ def test_a_crash_loop_backs_off_and_the_supervisor_still_stops_cleanly(tmp_path:
             proc.wait()
     starts = daemon.events("supervisor.worker_started")
     assert len(starts) <= len(daemon.events("supervisor.worker_exited")) + 1
+
+
+def test_a_worker_that_stops_pinging_is_killed_and_replaced(tmp_path: Path) -> None:
+    proc, daemon = run_supervisor(tmp_path, STUCK_WORKER)
+    try:
+        [hung, *_] = wait_until(
+            lambda: daemon.events("supervisor.worker_hung"), 30, "a hung worker", daemon
+        )
+        first = daemon.events("supervisor.worker_started")[0]["pid"]
+        assert hung["pid"] == first
+        exited = wait_until(
+            lambda: daemon.events("supervisor.worker_exited"), 10, "its exit", daemon
+        )
+        assert exited[0]["pid"] == first and exited[0]["status"] == "signal SIGKILL"
+        wait_until(
+            lambda: len(daemon.events("supervisor.worker_ready")) >= 2, 30, "a new one", daemon
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# sd_listen_fds(3) as systemd does it (tests/test_systemd.py): the socket on fd 3.
+ACTIVATE = 'exec 3<&0 0</dev/null; export LISTEN_PID=$$; exec "$@"'
+
+
+@on_postgresql
+def test_workers_serve_the_socket_systemd_passes(
+    cli_env: dict[str, str], tmp_path: Path, database_url: str
+) -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        env = {**cli_env, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "smtp"}
+        with daemon_process(
+            env,
+            tmp_path,
+            stdin=listening.fileno(),
+            wrapper=["/bin/sh", "-c", ACTIVATE, "sh"],
+            run_args=["--workers", "2"],
+        ) as daemon:
+            assert "2/2 workers ready" in daemon.notifications[-1]["STATUS"]
+            assert f"smtp 127.0.0.1:{port}" in daemon.notifications[-1]["STATUS"]
+            # The configured address is not bound: systemd's socket is the one.
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", daemon.smtp_port), timeout=5).close()
+            listening.close()  # only the workers hold it now
+            for n in range(4):
+                with smtplib.SMTP("127.0.0.1", port) as client:
+                    raw = message(f"sa-{n}")
+                    assert client.sendmail(SENDER, ["support@example.com"], raw) == {}
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait() == 0
+    counts = stored_counts(database_url)
+    assert all(counts[f"<sa-{n}@customer.test>"] == 1 for n in range(4))
