@@ -394,3 +394,47 @@ def test_workers_serve_the_socket_systemd_passes(
             assert daemon.wait() == 0
     counts = stored_counts(database_url)
     assert all(counts[f"<sa-{n}@customer.test>"] == 1 for n in range(4))
+
+
+HOLDING_WRITER = r"""
+import sys, time
+from pathlib import Path
+from emaild.store.blobs import BlobStore
+
+spool = BlobStore(Path(sys.argv[1])).spool()
+spool.write(b"a message being received by another worker")
+print(spool.path, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_starting_worker_keeps_the_spool_files_another_live_worker_writes(
+    tmp_path: Path,
+) -> None:
+    """What a worker's start-up cleanup (``remove_stale_temp``) leaves: files that a
+    live process holds (its flock), across processes; a dead one's go."""
+    import subprocess
+    import sys
+
+    from emaild.store.blobs import BlobStore
+
+    blobs = tmp_path / "blobs"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_WRITER, str(blobs)], stdout=subprocess.PIPE
+    )
+    try:
+        assert writer.stdout is not None
+        held = Path(writer.stdout.readline().decode().strip())
+        assert held.exists()
+        assert BlobStore(blobs).remove_stale_temp() == 0
+        assert held.exists()
+        writer.kill()
+        writer.wait(10)
+        assert BlobStore(blobs).remove_stale_temp() == 1
+        assert not held.exists()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
