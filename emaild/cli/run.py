@@ -36,6 +36,10 @@ def run_cmd(ctx: Context, log_level: str | None, workers: int | None) -> None:
     binds them once and runs N worker processes on them, replacing one that
     dies; SIGTERM and SIGHUP reach every worker.
     """
+    if log_level:
+        from emaild import logs
+
+        logs.configure(log_level, ctx.config.logging.format)
     count = workers if workers is not None else ctx.config.daemon.workers
     if count > 1:
         from emaild.cli.supervise import supervise
@@ -48,16 +52,11 @@ def run_cmd(ctx: Context, log_level: str | None, workers: int | None) -> None:
     from emaild.http.server import http_component, metrics_component
     from emaild.outbox.component import outbox_component
     from emaild.privacy.component import retention_component
+    from emaild.sharedsockets import worker_sockets
     from emaild.systemd import listen_fds
     from emaild.verification.release import release_job as verified_release_job
     from emaild.webform.cap import release_job
     from emaild.webhooks.component import webhook_component
-
-    if log_level:
-        from emaild import logs
-
-        logs.configure(log_level, ctx.config.logging.format)
-    from emaild.sharedsockets import worker_sockets
 
     # Taken (and removed from the environment) before anything else can fork:
     # systemd's sockets, or those of the supervisor this process is a worker of.
