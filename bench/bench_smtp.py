@@ -320,23 +320,32 @@ def proc_stat(pid: int) -> tuple[str, int, float]:
     return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def cpu_by_group(supervisor: int) -> dict[str, float]:
-    """CPU seconds so far of the supervisor, its workers and PostgreSQL's processes."""
+def cpu_by_group(supervisor: int, database: str) -> dict[str, float]:
+    """CPU seconds so far of the supervisor, its workers and PostgreSQL's processes
+    that work for this run: the backends connected to ``database`` and the shared
+    writers (WAL writer, checkpointer, background writer). Other databases'
+    backends (other work on the same server) are left out."""
     out = {"emaild main process": 0.0, "emaild workers": 0.0, "postgres": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             name, parent, seconds = proc_stat(int(entry.name))
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
         if int(entry.name) == supervisor:
             out["emaild main process"] += seconds  # the supervisor, or the daemon itself
         elif parent == supervisor:
             out["emaild workers"] += seconds
-        elif name == "postgres" or name.startswith("postgres:"):
+        elif name.startswith("postgres") and (
+            f" {database} " in title or title.split(": ")[-1].strip() in PG_WRITERS
+        ):
             out["postgres"] += seconds
     return out
+
+
+PG_WRITERS = ("walwriter", "checkpointer", "background writer")
 
 
 def self_cpu() -> float:
@@ -404,12 +413,13 @@ def scaling(args: argparse.Namespace, counts: list[int]) -> None:
                 # Every worker imports, connects and warms up before the clock starts.
                 asyncio.run(run_level(port, 4 * workers, 40 * workers, 20, f"w{workers}-warm"))
                 commits_before = commits(args.database_url)
-                before, load_before = cpu_by_group(proc.pid), self_cpu()
+                database = args.database_url.rsplit("/", 1)[1].split("?")[0]
+                before, load_before = cpu_by_group(proc.pid, database), self_cpu()
                 level = asyncio.run(
                     run_level(port, clients, args.messages, args.seconds, f"w{workers}")
                 )
-                after, load_after = cpu_by_group(proc.pid), self_cpu()
-                time.sleep(1.0)  # the statistics collector's delay
+                after, load_after = cpu_by_group(proc.pid, database), self_cpu()
+                time.sleep(11.0)  # an idle backend reports its commits to pg_stat within 10 s
                 per_message = (commits(args.database_url) - commits_before) / max(1, level.sent)
             finally:
                 code = stop(proc)
