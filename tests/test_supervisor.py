@@ -3,6 +3,7 @@ as real subprocesses on PostgreSQL (SQLite is refused)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import smtplib
@@ -110,11 +111,19 @@ class Load:
                 return
 
     def send(self, tag: str) -> bool:
+        """True when DATA got 250 (what happens at QUIT after it does not matter)."""
         try:
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-                return client.sendmail(SENDER, ["support@example.com"], message(tag)) == {}
+            client = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
         except (OSError, smtplib.SMTPException):
             return False
+        try:
+            return client.sendmail(SENDER, ["support@example.com"], message(tag)) == {}
+        except (OSError, smtplib.SMTPException):
+            return False
+        finally:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                client.quit()
+            client.close()
 
     def finish(self) -> None:
         self.stop.set()
