@@ -18,6 +18,14 @@ to read them) must each get 552 while the daemon's peak RSS stays bounded.
     .venv/bin/python bench/bench_smtp.py [--messages 1500] [--seconds 20]
     .venv/bin/python bench/bench_smtp.py --database-url postgresql+psycopg://...
 
+With ``--workers 1,2`` (PostgreSQL only) it compares instead ``emaild run
+--workers N`` for each N at 32 clients, in one run, and prints the throughput
+ratio and where the CPU went: the supervisor and its workers, PostgreSQL's
+processes, and this load generator (from /proc and ``getrusage``), since on a
+small machine they all share the same cores.
+
+    .venv/bin/python bench/bench_smtp.py --workers 1,2 --database-url postgresql+psycopg://...
+
 Bounded in count (``--messages`` per level) and time (``--seconds`` per level).
 """
 
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -206,7 +215,9 @@ def rss_kib(pid: int, field: str) -> int:
     return 0
 
 
-def start_emaild(port: int, state: Path, database_url: str) -> subprocess.Popen[bytes]:
+def start_emaild(
+    port: int, state: Path, database_url: str, workers: int = 1, config: Path | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMAILD_", "NOTIFY_"))}
     env.update(
         {
@@ -217,10 +228,11 @@ def start_emaild(port: int, state: Path, database_url: str) -> subprocess.Popen[
     )
     if database_url:
         env["EMAILD_DATABASE_URL"] = database_url
+    if config is not None:
+        env["EMAILD_CONFIG"] = str(config)
     log = (state.parent / "emaild.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "emaild", "run"], env=env, stdout=log, stderr=log, cwd=ROOT
-    )
+    command = [sys.executable, "-m", "emaild", "run", "--workers", str(workers)]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
 
 
 def measure(
@@ -297,14 +309,162 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> tuple[str, int, float]:
+    """(command name, parent pid, CPU seconds used) of a process, from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def cpu_by_group(supervisor: int, database: str) -> dict[str, float]:
+    """CPU seconds so far of the supervisor, its workers and PostgreSQL's processes
+    that work for this run: the backends connected to ``database`` and the shared
+    writers (WAL writer, checkpointer, background writer). Other databases'
+    backends (other work on the same server) are left out."""
+    out = {"emaild main process": 0.0, "emaild workers": 0.0, "postgres": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, parent, seconds = proc_stat(int(entry.name))
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if int(entry.name) == supervisor:
+            out["emaild main process"] += seconds  # the supervisor, or the daemon itself
+        elif parent == supervisor:
+            out["emaild workers"] += seconds
+        elif name.startswith("postgres") and (
+            f" {database} " in title or title.split(": ")[-1].strip() in PG_WRITERS
+        ):
+            out["postgres"] += seconds
+    return out
+
+
+PG_WRITERS = ("walwriter", "checkpointer", "background writer")
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_workers(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Until the supervisor logged that all its workers are ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"emaild exited with {proc.returncode}")
+        if '"supervisor.ready"' in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise SystemExit("workers did not start")
+
+
+def commits(database_url: str) -> int:
+    """Transactions committed so far in the database (``pg_stat_database``; the
+    statistics lag by up to ``stats_fetch_consistency``'s snapshot, not more)."""
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+# The per-client-address limits (connections at once, new ones per minute) hold
+# per process: with N workers one address gets N times them. All the load comes
+# from 127.0.0.1 here, so they are lifted for every N alike: this measures
+# capacity, not the limits.
+SCALING_CONFIG = """
+[[address]]
+address = "support@example.com"
+
+[smtp]
+max_connections_per_ip = 1000
+max_connection_rate_per_ip = 1000000
+"""
+
+
+def scaling(args: argparse.Namespace, counts: list[int]) -> None:
+    """``emaild run --workers N`` for each N at 32 clients, with the CPU split."""
+    clients = LEVELS[-1]
+    rows = []
+    print("per-address connection limits lifted for all runs (one client address here)")
+    for workers in counts:
+        with tempfile.TemporaryDirectory(prefix="emaild-bench-") as tmp:
+            state = Path(tmp) / "state"
+            state.mkdir()
+            config = Path(tmp) / "emaild.toml"
+            config.write_text(SCALING_CONFIG)
+            port = free_port()
+            proc = start_emaild(port, state, args.database_url, workers, config)
+            try:
+                wait_port(port, proc)
+                if workers > 1:
+                    wait_workers(proc, Path(tmp) / "emaild.log")
+                # Every worker imports, connects and warms up before the clock starts.
+                asyncio.run(run_level(port, 4 * workers, 40 * workers, 20, f"w{workers}-warm"))
+                commits_before = commits(args.database_url)
+                database = args.database_url.rsplit("/", 1)[1].split("?")[0]
+                before, load_before = cpu_by_group(proc.pid, database), self_cpu()
+                level = asyncio.run(
+                    run_level(port, clients, args.messages, args.seconds, f"w{workers}")
+                )
+                after, load_after = cpu_by_group(proc.pid, database), self_cpu()
+                time.sleep(11.0)  # an idle backend reports its commits to pg_stat within 10 s
+                per_message = (commits(args.database_url) - commits_before) / max(1, level.sent)
+            finally:
+                code = stop(proc)
+        cpu = {k: after[k] - before[k] for k in after}
+        cpu["load generator"] = load_after - load_before
+        rows.append((workers, level, cpu))
+        split = ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items())
+        print(
+            f"  workers={workers}: {level.rate:7.1f} msg/s  p50 {level.percentile(0.5):6.1f} ms  "
+            f"p99 {level.percentile(0.99):6.1f} ms  ({level.sent} sent, {level.failed} failed, "
+            f"{level.seconds:.1f} s; exit {code}; {per_message:.2f} commits/message)"
+            f"\n      CPU: {split} "
+            f"= {sum(cpu.values()) / level.seconds:.2f} cores busy of {os.cpu_count()}",
+            flush=True,
+        )
+        for reply, n in level.failures.most_common(3):
+            print(f"           {n} x {reply}")
+    base = rows[0][1].rate
+    for workers, level, _cpu in rows[1:]:
+        print(
+            f"\nthroughput ratio workers={workers} / workers={rows[0][0]} at {clients} clients: "
+            f"{level.rate / base if base else 0.0:.2f}"
+        )
+    for workers, _level, cpu in rows:
+        total = sum(cpu.values()) or 1.0
+        shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in cpu.items())
+        print(f"CPU split workers={workers}: {shares}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1500, help="messages per level")
     parser.add_argument("--seconds", type=float, default=20.0, help="time cap per level")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
     parser.add_argument("--oversize", type=int, default=3, help="oversized messages to send")
+    parser.add_argument(
+        "--workers", default="", help="compare 'emaild run --workers N' for N in e.g. 1,2"
+    )
     args = parser.parse_args()
     print(f"4 KiB messages, new connection per message, {os.cpu_count()} CPUs, loopback")
+    if args.workers:
+        if not args.database_url.startswith("postgresql"):
+            raise SystemExit("--workers needs --database-url postgresql+psycopg://...")
+        scaling(args, [int(n) for n in args.workers.split(",")])
+        return
 
     port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SINK, str(port)], stdout=subprocess.DEVNULL)

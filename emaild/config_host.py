@@ -34,3 +34,7 @@ class DaemonConfig(Section):
     """Process lifecycle under systemd."""
 
     shutdown_deadline_seconds: Annotated[float, Field(ge=0)] = 30.0
+    # Worker processes of ``emaild run`` (``--workers``): 1 = the daemon itself,
+    # more = a supervisor that shares its listeners with that many children
+    # (``emaild.supervisor``; PostgreSQL only: SQLite allows one writer process).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1

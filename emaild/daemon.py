@@ -153,8 +153,8 @@ class Daemon:
 
     async def _start_listeners(self) -> None:
         self.smtp = SmtpChannel(self.app, self.executor)
-        # An "http" socket is the API component's (emaild run hands it over).
-        mail_sockets = [s for s in self.sockets if s.name != "http"]
+        # "http" and "metrics" sockets are the HTTP components' (emaild run hands them over).
+        mail_sockets = [s for s in self.sockets if s.name not in ("http", "metrics")]
         if mail_sockets:
             # Socket activation: systemd holds the privileged port; names come
             # from FileDescriptorName= (lmtp, else smtp).

@@ -21,6 +21,22 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# Fields added to every line of this process (a supervised worker: its number and pid).
+_process_fields: dict[str, Any] = {}
+
+
+def set_process_fields(**fields: Any) -> None:
+    """Add ``fields`` to every log line from now on (``emaild run --workers``: which
+    worker wrote it, since all workers share one stream)."""
+    _process_fields.update(fields)
+
+
+def _add_process_fields(logger: Any, method: str, event: Any) -> Any:
+    for key, value in _process_fields.items():
+        event.setdefault(key, value)
+    return event
+
+
 # sd-daemon(3) / syslog priorities by structlog method and stdlib level.
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2}
 
@@ -66,6 +82,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_process_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -51,7 +51,9 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(payload, self.address)
+            # Never wait: a receiver that stopped reading (a full queue) must not
+            # stall the sender's event loop; the next message says it again.
+            self._sock.sendto(payload, socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             if not self._warned:
                 log.warning("sd_notify.failed", error=str(exc), socket=repr(self.address))

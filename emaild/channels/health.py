@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from emaild.config import Config
@@ -97,7 +98,12 @@ class ChannelHealth:
             )
             self._dirty = False
         try:
-            db.run(lambda session: _upsert(session, self.name, self.kind, snap))
+            try:
+                db.run(lambda session: _upsert(session, self.name, self.kind, snap))
+            except IntegrityError:
+                # Another process (a worker of the same supervisor) inserted the row
+                # at the same moment: now it exists, update it.
+                db.run(lambda session: _upsert(session, self.name, self.kind, snap))
         except TransientError:
             with self._lock:
                 self._dirty = True
@@ -106,7 +112,8 @@ class ChannelHealth:
 
 
 def _upsert(session: Session, name: str, kind: str, snap: _Snapshot) -> None:
-    row = session.get(ChannelStatus, name)
+    # Locked: workers sharing a listener share its row (read, compare, write).
+    row = session.get(ChannelStatus, name, with_for_update=True)
     if row is None:
         row = ChannelStatus(name=name, kind=kind)
         session.add(row)

@@ -18,15 +18,33 @@ from emaild.config import config_path_from
     default=None,
     help="Override logging.level for this run.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes sharing the listeners (default: daemon.workers, 1). "
+    "More than 1 needs PostgreSQL.",
+)
 @pass_ctx
-def run_cmd(ctx: Context, log_level: str | None) -> None:
+def run_cmd(ctx: Context, log_level: str | None, workers: int | None) -> None:
     """Run the daemon until SIGTERM (exit 0 after draining); SIGHUP reloads.
 
     Listens for SMTP on smtp.listen (default 127.0.0.1:2525, env
     EMAILD_SMTP_LISTEN), LMTP on smtp.lmtp_listen (env EMAILD_LMTP_LISTEN) and
     the HTTP API on http.listen (env EMAILD_HTTP_LISTEN), or on the sockets
-    systemd passes (socket activation).
+    systemd passes (socket activation). With --workers N (N > 1) a supervisor
+    binds them once and runs N worker processes on them, replacing one that
+    dies; SIGTERM and SIGHUP reach every worker.
     """
+    if log_level:
+        from emaild import logs
+
+        logs.configure(log_level, ctx.config.logging.format)
+    count = workers if workers is not None else ctx.config.daemon.workers
+    if count > 1:
+        from emaild.cli.supervise import supervise
+
+        sys.exit(supervise(ctx, count, log_level))
     from emaild.alerts.component import alerts_component
     from emaild.alerts.selftest import selftest_component
     from emaild.channels.imap.component import imap_component
@@ -34,18 +52,22 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
     from emaild.http.server import http_component, metrics_component
     from emaild.outbox.component import outbox_component
     from emaild.privacy.component import retention_component
+    from emaild.sharedsockets import worker_sockets
     from emaild.systemd import listen_fds
     from emaild.verification.release import release_job as verified_release_job
     from emaild.webform.cap import release_job
     from emaild.webhooks.component import webhook_component
 
-    if log_level:
+    # Taken (and removed from the environment) before anything else can fork:
+    # systemd's sockets, or those of the supervisor this process is a worker of.
+    sockets = listen_fds(os.environ) or worker_sockets(os.environ)
+    if os.environ.get("EMAILD_WORKER"):
         from emaild import logs
+        from emaild.supervisor import die_with_supervisor
 
-        logs.configure(log_level, ctx.config.logging.format)
+        die_with_supervisor(os.environ)
+        logs.set_process_fields(worker=int(os.environ["EMAILD_WORKER"]), pid=os.getpid())
     app = ctx.app()
-    # Taken (and removed from the environment) before anything else can fork.
-    sockets = listen_fds(os.environ)
     # What runs beside the listeners, in start order (the API last: it may
     # answer only once everything it reports on runs).
     components: tuple[ComponentFactory, ...] = (
@@ -57,7 +79,7 @@ def run_cmd(ctx: Context, log_level: str | None) -> None:
         retention_component,
         alerts_component,
         selftest_component,
-        metrics_component,
+        lambda app: metrics_component(app, sockets),
         lambda app: http_component(app, sockets),
     )
     daemon = Daemon(

@@ -139,8 +139,12 @@ def http_component(app: App, inherited: Sequence[InheritedSocket] = ()) -> HttpC
     return HttpComponent(app, app.config.http.listen)
 
 
-def metrics_component(app: App) -> HttpComponent | None:
-    """``emaild run`` factory: the operations endpoints on ``[metrics] listen``."""
+def metrics_component(app: App, inherited: Sequence[InheritedSocket] = ()) -> HttpComponent | None:
+    """``emaild run`` factory: the operations endpoints on ``[metrics] listen`` (or on
+    the ``metrics`` socket a supervisor or systemd passed)."""
+    for candidate in inherited:
+        if candidate.name == "metrics":
+            return HttpComponent(app, candidate.label, candidate.sock, ops_only=True)
     if not app.config.metrics.listen:
         return None
     return HttpComponent(app, app.config.metrics.listen, ops_only=True)

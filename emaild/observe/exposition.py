@@ -6,6 +6,11 @@ counts plus the spooled ones of ``emaild ingest``/``import``), and the
 database figures of ``emaild.observe.figures``. When the database cannot be
 read, ``emaild_database_up`` is 0 and the database figures are left out (a
 missing series, not a misleading zero).
+
+In a worker of ``emaild run --workers N`` (``metrics.multiprocess_dir``) the
+instruments are those of all workers, summed from their files
+(prometheus_client's multiprocess mode), and the process_* series are left
+out: they would describe whichever worker took the scrape.
 """
 
 from __future__ import annotations
@@ -40,17 +45,51 @@ def render(scrape: Scrape) -> bytes:
     except TransientError:
         figures = None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ScrapeCollector(figures, spool.read_counts(scrape.spool_file)))
-    return generate_latest(metrics.REGISTRY) + generate_latest(registry)
+    spooled = spool.read_counts(scrape.spool_file)
+    shared = metrics.multiprocess_dir()
+    if shared is None:
+        registry.register(_ScrapeCollector(figures, spooled, metrics.local_message_counts()))
+        return generate_latest(metrics.REGISTRY) + generate_latest(registry)
+    workers = _WorkersCollector(shared)
+    registry.register(workers)
+    registry.register(_ScrapeCollector(figures, spooled, workers.message_counts))
+    return generate_latest(registry)
+
+
+class _WorkersCollector(Collector):
+    """Every worker's instruments, summed; ``emaild_messages`` kept aside for merging."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.message_counts: dict[tuple[str, str], float] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        for metric in MultiProcessCollector(None, self.path).collect():  # type: ignore[no-untyped-call]
+            if metric.name != "emaild_messages":
+                yield metric
+                continue
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    key = (sample.labels["channel"], sample.labels["outcome"])
+                    self.message_counts[key] = self.message_counts.get(key, 0.0) + sample.value
 
 
 class _ScrapeCollector(Collector):
-    def __init__(self, figures: Figures | None, spooled: dict[tuple[str, str], float]) -> None:
+    def __init__(
+        self,
+        figures: Figures | None,
+        spooled: dict[tuple[str, str], float],
+        counts: dict[tuple[str, str], float],
+    ) -> None:
         self.figures = figures
         self.spooled = spooled
+        # This process's counts, or (with workers) filled in by the collector before.
+        self.counts = counts
 
     def collect(self) -> Iterable[Metric]:
-        counts = metrics.local_message_counts()
+        counts = dict(self.counts)
         for key, value in self.spooled.items():
             counts[key] = counts.get(key, 0.0) + value
         messages = CounterMetricFamily(

@@ -9,10 +9,17 @@ once (a dict hit) and does nothing at all when metrics are switched off
 ``emaild_messages_total`` is kept out of ``REGISTRY``: the scrape merges this
 process's counts with those short-lived processes left in the spool
 (``emaild.observe.spool``), so the pipe channel shows in the daemon's figures.
+
+Under ``emaild run --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
+for its workers (``multiprocess_dir``): prometheus_client then keeps every
+value in a per-process file there, and whichever worker answers a scrape
+reports the sum over all of them (``emaild.observe.exposition``). A gauge
+shows the most recent value any live worker set.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Final
 
@@ -87,24 +94,28 @@ IMAP_BACKLOG: Final = Gauge(
     "Messages waiting on the IMAP server, not yet stored, as of the mailbox's last poll.",
     ["mailbox"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 FORWARDING_OK: Final = Gauge(
     "emaild_forwarding_test_success",
     "1 when the last scheduled forwarding self-test came back, 0 when it failed.",
     ["address"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 FORWARDING_LAST_RUN: Final = Gauge(
     "emaild_forwarding_test_last_run_timestamp_seconds",
     "When the last scheduled forwarding self-test finished (Unix time).",
     ["address"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 FORWARDING_ROUND_TRIP: Final = Gauge(
     "emaild_forwarding_test_round_trip_seconds",
     "How long the last successful forwarding self-test took to come back.",
     ["address"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 
 _on = True
@@ -113,6 +124,15 @@ _messages: dict[tuple[str, str], Counter] = {}
 _ingest: dict[str, Histogram] = {}
 _stages: dict[str, Histogram] = {}
 _replies: dict[tuple[str, str], Counter] = {}
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory the worker processes share their values through, if any (read by
+    prometheus_client once, when it is first imported)."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def set_enabled(on: bool) -> None:
