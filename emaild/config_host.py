@@ -34,3 +34,5 @@ class DaemonConfig(Section):
     """Process lifecycle under systemd."""
 
     shutdown_deadline_seconds: Annotated[float, Field(ge=0)] = 30.0
+    # Listen on STATE_DIR/ingest.sock for ``emaild ingest`` to hand its message to.
+    ingest_socket: bool = True
