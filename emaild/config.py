@@ -45,6 +45,7 @@ from emaild.config_model import (
 )
 from emaild.config_storage import check_storage
 from emaild.errors import ConfigError
+from emaild.paths import default_state_dir
 from emaild.tomlsource import TomlSource
 
 # The configuration model is part of this module's interface: import it from here.
@@ -87,15 +88,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # so an installed wheel runs without any directory configured.
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 DEFAULT_ADDRESS = {"address": "support@example.com", "name": "Example Support"}
-
-
-def default_state_dir(env: Mapping[str, str]) -> str:
-    """systemd's StateDirectory, else the XDG state directory."""
-    if env.get("STATE_DIRECTORY"):
-        return env["STATE_DIRECTORY"].split(":")[0]
-    home = env.get("HOME") or str(Path.home())
-    base = env.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
-    return str(Path(base) / "emaild")
 
 
 def config_path_from(explicit: str | None, env: Mapping[str, str]) -> Path | None:

@@ -38,3 +38,5 @@ class DaemonConfig(Section):
     # more = a supervisor that shares its listeners with that many children
     # (``emaild.supervisor``; PostgreSQL only: SQLite allows one writer process).
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Listen on STATE_DIR/ingest.sock for ``emaild ingest`` to hand its message to.
+    ingest_socket: bool = True

@@ -60,3 +60,8 @@ class InputError(EmaildError):
     """The input itself is unusable (empty, not a message, too large)."""
 
     exit_code = EX_DATAERR
+
+
+def too_large(size: int, limit: int) -> InputError:
+    """A message over ``limits.max_message_bytes``: the same words on every channel."""
+    return InputError(f"message is {size} bytes, over the {limit} byte limit")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -31,11 +32,11 @@ def ingest_cmd(
     Exit 0 stored; 75 try again later (anything local and fixable: config,
     permissions, storage, an address not configured yet); 65 only for input
     that can never be accepted (empty, not a message, too large).
+
+    When a daemon runs on the same state directory, the message is handed to
+    it over STATE_DIR/ingest.sock (same answer, much faster); otherwise, and
+    with -v, this process runs the pipeline itself.
     """
-    from sqlalchemy.exc import SQLAlchemyError  # here: `emaild --help` stays fast
-
-    from emaild.channels.pipe import ingest_pipe
-
     try:
         raw = read_input(file)
     except OSError as exc:
@@ -43,6 +44,18 @@ def ingest_cmd(
             click.echo(f"emaild: cannot read {file}: {exc.strerror}", err=True)
             sys.exit(EX_NOINPUT)
         _defer(f"cannot read stdin: {exc.strerror}")
+    if not verbose:  # -v wants this process's log of every decision
+        from emaild.channels.pipe.handoff import daemon_socket, hand_off
+
+        path = daemon_socket(ctx.config_path, os.environ)
+        handed = hand_off(raw, to=to, mail_from=mail_from, path=path) if path else None
+        if handed is not None:
+            _finish(handed.exit_code, handed.stdout, handed.stderr, handed.result, as_json)
+
+    from sqlalchemy.exc import SQLAlchemyError  # here: `emaild --help` stays fast
+
+    from emaild.channels.pipe.answer import ingest_pipe, result_json
+
     try:
         ctx.quiet(verbose)
         app = ctx.app()
@@ -50,29 +63,25 @@ def ingest_cmd(
         # An MTA bounces on 78 (pipe(8): "5.3.5 local configuration error"):
         # local trouble is fixable, so the mail stays queued until it is fixed.
         _defer(str(exc))
-    if to and app.pipeline.addresses.lookup(to) is None:
-        _defer(f"{to} is not a routing address (yet): add it, or fix the MTA's recipient")
     try:
         answer = ingest_pipe(app.pipeline, raw, to=to, mail_from=mail_from)
     except (OSError, SQLAlchemyError) as exc:
         _defer(f"{type(exc).__name__}: {exc}")
     spool_counts(app)
-    if as_json and answer.result is not None:
-        r = answer.result
-        echo_json(
-            {
-                "outcome": r.outcome.value,
-                "case": r.case_number,
-                "message_row": r.message_row_id,
-                "quarantine": r.quarantine_id,
-                "detail": r.detail,
-            }
-        )
-    elif answer.stdout:
-        click.echo(answer.stdout)
-    if answer.stderr:
-        click.echo(answer.stderr, err=True)
-    sys.exit(answer.exit_code)
+    result = None if answer.result is None else result_json(answer.result)
+    _finish(answer.exit_code, answer.stdout, answer.stderr, result, as_json)
+
+
+def _finish(
+    code: int, stdout: str, stderr: str, result: dict[str, Any] | None, as_json: bool
+) -> NoReturn:
+    if as_json and result is not None:
+        echo_json(result)
+    elif stdout:
+        click.echo(stdout)
+    if stderr:
+        click.echo(stderr, err=True)
+    sys.exit(code)
 
 
 def spool_counts(app: App) -> None:

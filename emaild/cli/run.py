@@ -48,6 +48,7 @@ def run_cmd(ctx: Context, log_level: str | None, workers: int | None) -> None:
     from emaild.alerts.component import alerts_component
     from emaild.alerts.selftest import selftest_component
     from emaild.channels.imap.component import imap_component
+    from emaild.channels.pipe.listener import handoff_component
     from emaild.daemon import ComponentFactory, Daemon
     from emaild.http.server import http_component, metrics_component
     from emaild.outbox.component import outbox_component
@@ -75,6 +76,7 @@ def run_cmd(ctx: Context, log_level: str | None, workers: int | None) -> None:
         webhook_component,
         lambda app: verified_release_job(app.pipeline.release_held),
         imap_component,
+        handoff_component,
         release_job,
         retention_component,
         alerts_component,

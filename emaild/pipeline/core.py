@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from emaild import quarantine
 from emaild.addresses import AddressBook
 from emaild.config import Config
-from emaild.errors import InputError, TransientError
+from emaild.errors import InputError, TransientError, too_large
 from emaild.intake import Envelope, IngestResult, Outcome
 from emaild.mime.prescan import OverLimit, quick_message_id
 from emaild.observe import metrics
@@ -121,7 +121,7 @@ class Pipeline:
         services = self.services  # one configuration for the whole message
         limit = services.config.limits.max_message_bytes
         if len(raw) > limit:
-            raise InputError(f"message is {len(raw)} bytes, over the {limit} byte limit")
+            raise too_large(len(raw), limit)
         if store and stored_sha256:
             raw_sha = stored_sha256
         elif store:

@@ -1,14 +1,16 @@
-"""The pipe channel: ``emaild ingest`` from an MTA transport or a shell.
+"""One piped message through the pipeline, and what ``emaild ingest`` answers.
 
-Exit status follows sysexits(3), which MTAs understand: 0 stored, 75 try
-again later, 65 unusable input (the MTA bounces it): empty, over the size
-limit, or not a message at all (no header block; that one is still kept in
-quarantine).
+The same answer whether ``emaild ingest`` runs the pipeline itself or a
+running daemon runs it for it (``handoff``, ``listener``). Exit status follows
+sysexits(3), which MTAs understand: 0 stored, 75 try again later, 65 unusable
+input (the MTA bounces it): empty, over the size limit, or not a message at all
+(no header block; that one is still kept in quarantine).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from emaild.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, InputError, TransientError
 from emaild.pipeline import Envelope, IngestResult, Outcome, Pipeline
@@ -21,11 +23,43 @@ class PipeAnswer:
     stderr: str
     result: IngestResult | None = None
 
+    def as_json(self) -> dict[str, Any]:
+        """What the daemon sends back over the hand-off socket."""
+        r = self.result
+        return {
+            "exit": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "result": None if r is None else result_json(r),
+        }
+
+
+def result_json(r: IngestResult) -> dict[str, Any]:
+    """``emaild ingest --json``'s object."""
+    return {
+        "outcome": r.outcome.value,
+        "case": r.case_number,
+        "message_row": r.message_row_id,
+        "quarantine": r.quarantine_id,
+        "detail": r.detail,
+    }
+
 
 def ingest_pipe(
     pipeline: Pipeline, raw: bytes, *, to: str = "", mail_from: str = "", channel: str = "pipe"
 ) -> PipeAnswer:
-    """Ingest one message and say what the caller should print and exit with."""
+    """Ingest one message and say what the caller should print and exit with.
+
+    ``to`` must be a routing address: one that is not (yet) is local trouble an
+    admin fixes, so the MTA is told to try again later.
+    """
+    if to and pipeline.addresses.lookup(to) is None:
+        return PipeAnswer(
+            EX_TEMPFAIL,
+            "",
+            f"emaild: temporary failure, try again: {to} is not a routing address "
+            "(yet): add it, or fix the MTA's recipient",
+        )
     envelope = Envelope(
         channel=channel, mail_from=mail_from, rcpt_to=(to,) if to else (), routing_hint=to
     )
