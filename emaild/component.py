@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import structlog
 
+from emaild.cluster import cluster_for
 from emaild.errors import EmaildError
+
+if TYPE_CHECKING:
+    from emaild.app import App
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -21,6 +25,11 @@ T = TypeVar("T")
 
 class Host(Protocol):
     """The daemon as a component sees it."""
+
+    @property
+    def app(self) -> App:
+        """The daemon's ``App`` (database, config, pipeline)."""
+        ...
 
     @property
     def scheduler(self) -> Any:
@@ -62,15 +71,21 @@ class JobComponent:
     """A component that runs ``work`` as one job on the daemon's scheduler.
 
     ``max_instances=1`` and ``coalesce`` keep runs from overlapping in one
-    process; a failing run is logged (``failed_event``), never raised, and the
-    next run tries again. ``stop`` removes the job and waits for a run in
-    progress (the daemon bounds the wait). A subclass gives ``name``,
-    ``job_id``, ``failed_event``, ``trigger()`` and ``work()``.
+    process; with ``singleton`` (the default) a run also holds the
+    cluster-wide lock ``job:<job_id>`` (``emaild.cluster``), so across every
+    process on the database one run at a time happens: a process whose run
+    comes while another holds it skips that run. A failing run is logged
+    (``failed_event``), never raised, and the next run tries again. ``stop``
+    removes the job and waits for a run in progress (the daemon bounds the
+    wait). A subclass gives ``name``, ``job_id``, ``failed_event``,
+    ``trigger()`` and ``work()``; one whose runs may overlap across processes
+    (the outbox: each item is claimed on its own) sets ``singleton = False``.
     """
 
     name = ""
     job_id = ""
     failed_event = ""
+    singleton = True
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -94,16 +109,27 @@ class JobComponent:
 
     async def run_once(self) -> None:
         """One run of ``work``; errors are logged, never raised."""
-        assert self.host is not None
+        host = self.host
+        assert host is not None
         self._idle.clear()
         log = structlog.get_logger(f"emaild.{self.name}")
+        lock = f"job:{self.job_id}"
+        cluster = cluster_for(host.app.db) if self.singleton else None
+        held = False
         try:
-            await self.work(self.host)
+            if cluster is not None:
+                held = await host.run_sync(cluster.try_acquire, lock)
+                if not held:
+                    log.debug("job.skipped", job=self.job_id, why="running in another process")
+                    return
+            await self.work(host)
         except EmaildError as exc:  # e.g. the database is down: the next run tries again
             log.warning(self.failed_event, error=str(exc))
         except Exception as exc:
             log.error(self.failed_event, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         finally:
+            if held and cluster is not None:
+                await host.run_sync(cluster.release, lock)
             self._idle.set()
 
     async def stop(self) -> None:

@@ -1,7 +1,8 @@
 """The database schema as typed SQLAlchemy 2 models.
 
 Every table the daemon uses is importable from here (the webhook tables are
-defined in ``emaild.store.webhook_models``, re-exported below); the
+defined in ``emaild.store.webhook_models``, the lock holders in
+``emaild.store.cluster_models``, re-exported below); the
 Alembic migrations in ``migrations/versions`` must match it (a test checks).
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from emaild.store.base import NAMING, Base, UTCDateTime
+from emaild.store.cluster_models import ClusterHolder
 from emaild.store.safetext import SafeString, SafeText
 from emaild.store.webhook_models import (
     WebhookAttempt,
@@ -33,6 +35,7 @@ from emaild.store.webhook_models import (
 __all__ = [
     "NAMING",
     "Base",
+    "ClusterHolder",
     "UTCDateTime",
     "WebhookAttempt",
     "WebhookDelivery",
