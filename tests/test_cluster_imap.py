@@ -7,7 +7,6 @@ one message and one case."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_helpers import pg_environment
 from dovecot import Dovecot, ImapUser
 from smtp_helpers import DaemonProcess
 from sqlalchemy import func, select
@@ -41,19 +41,8 @@ def mail(n: int) -> bytes:
 
 @pytest.fixture
 def pg_env(postgres: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for ``emaild`` subprocesses on a fresh PostgreSQL database."""
-    name = postgres.create()
-    state = tmp_path / "state"
-    state.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}
-    env.update(
-        EMAILD_STATE_DIR=str(state),
-        HOME=str(tmp_path),
-        EMAILD_SMTP_RELAY="127.0.0.1:9",
-        EMAILD_DATABASE_URL=postgres.url(name),
-    )
-    yield env
-    postgres.drop(name)
+    with pg_environment(postgres, tmp_path) as env:
+        yield env
 
 
 def counts(url: str) -> tuple[int, int, int]:
