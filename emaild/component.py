@@ -118,7 +118,8 @@ class JobComponent:
         held = False
         try:
             if cluster is not None:
-                held = await host.run_sync(cluster.try_acquire, lock)
+                # No row for a run shorter than a heartbeat: most runs cost no write.
+                held = await host.run_sync(lambda: cluster.try_acquire(lock, record=False))
                 if not held:
                     log.debug("job.skipped", job=self.job_id, why="running in another process")
                     return

@@ -78,6 +78,11 @@ def test_a_lost_lock_connection_sets_lost_and_frees_the_lock(postgres: Any) -> N
     try:
         lost = threading.Event()
         assert a.try_acquire("imap:support", lost=lost)
+        # The server drops the session of a holder whose host vanished in seconds, not hours.
+        with a._mutex:
+            conn = a._connection()
+            assert conn.execute(text("SHOW tcp_keepalives_idle")).scalar() == "5"
+            assert conn.execute(text("SHOW tcp_user_timeout")).scalar() in ("10s", "10000")
         assert not b.try_acquire("imap:support")
         with db_b.engine.connect() as conn:
             killed = conn.execute(
@@ -107,7 +112,7 @@ def test_a_lost_lock_connection_sets_lost_and_frees_the_lock(postgres: Any) -> N
 
 
 def test_status_lists_holders_and_mailboxes_nobody_holds(
-    make_app: Any, run_cli: Any, dovecot: Any
+    make_app: Any, run_cli: Any, dovecot: Any, tmp_path: Any
 ) -> None:
     user = dovecot.new_user()
     app: App = make_app(dovecot.mailbox_toml(user) + dovecot.mailbox_toml(user, name="other"))
@@ -122,5 +127,11 @@ def test_status_lists_holders_and_mailboxes_nobody_holds(
         assert holders["imap:support"]["holder"] == cluster.identity
         assert holders["imap:support"]["pid"] == cluster.pid
         assert holders["imap:other"]["holder"] is None
+        done = run_cli("status", env={"EMAILD_CONFIG": str(tmp_path / "emaild.toml")})
+        out = done.stdout.decode()
+        assert "Held by" in out, done.stderr.decode()
+        lines = {line.split()[0]: line for line in out.splitlines() if "imap:" in line}
+        assert cluster.identity in lines["imap:support"]
+        assert "nobody" in lines["imap:other"]
     finally:
         cluster.release("imap:support")
