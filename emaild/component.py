@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import structlog
 
 from emaild.cluster import cluster_for
 from emaild.errors import EmaildError
-
-if TYPE_CHECKING:
-    from emaild.app import App
+from emaild.store.database import Database
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class HostApp(Protocol):
+    """What the base classes here need of the daemon's ``App`` (not imported: a cycle)."""
+
+    @property
+    def db(self) -> Database: ...
 
 
 class Host(Protocol):
     """The daemon as a component sees it."""
 
     @property
-    def app(self) -> App:
-        """The daemon's ``App`` (database, config, pipeline)."""
+    def app(self) -> HostApp:
+        """The daemon's ``App``: its database holds the cluster-wide locks."""
         ...
 
     @property

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import pg_environment
+from cluster_helpers import pg_environment, start_all
 from dovecot import Dovecot, ImapUser
 from smtp_helpers import DaemonProcess
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from emaild.store.database import Database
 from emaild.store.models import Case, ImapCursor, Message
@@ -167,6 +167,67 @@ def test_one_process_polls_a_mailbox_and_another_takes_over_when_it_is_killed(
         assert standby.wait(30) == 0
         # A clean stop lets the mailbox go at once: nobody holds it now.
         assert holders(env)["imap:support"]["holder"] is None
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_an_owner_that_loses_its_lock_connection_stops_and_the_other_takes_over(
+    dovecot: Dovecot, pg_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The owner is alive but its lock session is killed (pg_terminate_backend): it
+    notices at its next heartbeat and stops polling; the other takes the mailbox."""
+    user = dovecot.new_user()
+    config = tmp_path / "emaild.toml"
+    config.write_text(
+        dovecot.mailbox_toml(user, poll_interval_seconds=2.0, idle=True), encoding="utf-8"
+    )
+    env = dict(pg_env, EMAILD_CONFIG=str(config))
+    url = env["EMAILD_DATABASE_URL"]
+    dovecot.append(user, [mail(n) for n in range(BEFORE)])
+    first, second = DaemonProcess(env, tmp_path), DaemonProcess(env, tmp_path)
+    try:
+        start_all([first, second])
+        wait_stored(url, BEFORE, 30, first, second)
+        held = holders(env)["imap:support"]
+        owner, standby = (first, second) if held["pid"] == first.proc.pid else (second, first)  # type: ignore[union-attr]
+        assert held["pid"] == owner.proc.pid  # type: ignore[union-attr]
+
+        db = Database(url)
+        try:
+            with db.engine.connect() as conn:
+                killed = conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = :app"
+                    ),
+                    {"app": f"emaild locks {held['holder']}"[:63]},
+                ).all()
+                conn.commit()
+        finally:
+            db.dispose()
+        assert killed, "the owner's lock session was not found"
+        cut_at = time.monotonic()
+
+        deadline = cut_at + TAKEOVER_LIMIT_SECONDS
+        while not (owner.events("imap.mailbox_lost") and standby.events("imap.mailbox_owned")):
+            assert time.monotonic() < deadline, owner.log()[-2000:] + standby.log()[-2000:]
+            time.sleep(0.1)
+        print(
+            f"lock session cut: owner stopped, other took over in {time.monotonic() - cut_at:.2f} s"
+        )
+        assert owner.events("cluster.lock_lost")
+        assert owner.proc.poll() is None, "the owner keeps running: only the mailbox moved"  # type: ignore[union-attr]
+
+        dovecot.append(user, [mail(n) for n in range(BEFORE, BEFORE + AFTER)])
+        wait_stored(url, BEFORE + AFTER, 30, standby)
+        time.sleep(2.5)
+        assert counts(url) == (BEFORE + AFTER,) * 3
+        assert holders(env)["imap:support"]["pid"] == standby.proc.pid  # type: ignore[union-attr]
+        # The former owner polled nothing after it noticed (it only retries the lock).
+        lost_at = owner.events("imap.mailbox_lost")[0]["timestamp"]
+        later = [e for e in owner.events("imap.connected") if e["timestamp"] > lost_at]
+        assert later == [], later
     finally:
         first.stop()
         second.stop()
