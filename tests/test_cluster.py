@@ -135,3 +135,24 @@ def test_status_lists_holders_and_mailboxes_nobody_holds(
         assert "nobody" in lines["imap:other"]
     finally:
         cluster.release("imap:support")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_poll_once_refuses_a_mailbox_another_process_holds(
+    make_app: Any, run_cli: Any, dovecot: Any, tmp_path: Any
+) -> None:
+    user = dovecot.new_user()
+    app: App = make_app(dovecot.mailbox_toml(user))
+    from emaild.cluster import cluster_for
+
+    cluster = cluster_for(app.db)
+    env = {"EMAILD_CONFIG": str(tmp_path / "emaild.toml")}
+    assert cluster.try_acquire("imap:support")
+    try:
+        done = run_cli("poll", "--once", "support", env=env)
+        assert done.returncode == 75, done.stderr.decode()
+        assert b"being polled by another emaild process" in done.stderr
+    finally:
+        cluster.release("imap:support")
+    done = run_cli("poll", "--once", "support", env=env)
+    assert done.returncode == 0, done.stderr.decode()
