@@ -102,5 +102,8 @@ class App:
         metrics.set_enabled(config.metrics.enabled)
 
     def close(self) -> None:
+        from emaild.cluster import forget
+
+        forget(self.db)  # cluster-wide locks go before the engine does
         self.blobs.close()
         self.db.dispose()

@@ -13,14 +13,28 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import structlog
 
+from emaild.cluster import cluster_for
 from emaild.errors import EmaildError
+from emaild.store.database import Database
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class HostApp(Protocol):
+    """What the base classes here need of the daemon's ``App`` (not imported: a cycle)."""
+
+    @property
+    def db(self) -> Database: ...
+
+
 class Host(Protocol):
     """The daemon as a component sees it."""
+
+    @property
+    def app(self) -> HostApp:
+        """The daemon's ``App``: its database holds the cluster-wide locks."""
+        ...
 
     @property
     def scheduler(self) -> Any:
@@ -62,15 +76,21 @@ class JobComponent:
     """A component that runs ``work`` as one job on the daemon's scheduler.
 
     ``max_instances=1`` and ``coalesce`` keep runs from overlapping in one
-    process; a failing run is logged (``failed_event``), never raised, and the
-    next run tries again. ``stop`` removes the job and waits for a run in
-    progress (the daemon bounds the wait). A subclass gives ``name``,
-    ``job_id``, ``failed_event``, ``trigger()`` and ``work()``.
+    process; with ``singleton`` (the default) a run also holds the
+    cluster-wide lock ``job:<job_id>`` (``emaild.cluster``), so across every
+    process on the database one run at a time happens: a process whose run
+    comes while another holds it skips that run. A failing run is logged
+    (``failed_event``), never raised, and the next run tries again. ``stop``
+    removes the job and waits for a run in progress (the daemon bounds the
+    wait). A subclass gives ``name``, ``job_id``, ``failed_event``,
+    ``trigger()`` and ``work()``; one whose runs may overlap across processes
+    (the outbox: each item is claimed on its own) sets ``singleton = False``.
     """
 
     name = ""
     job_id = ""
     failed_event = ""
+    singleton = True
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -94,16 +114,28 @@ class JobComponent:
 
     async def run_once(self) -> None:
         """One run of ``work``; errors are logged, never raised."""
-        assert self.host is not None
+        host = self.host
+        assert host is not None
         self._idle.clear()
         log = structlog.get_logger(f"emaild.{self.name}")
+        lock = f"job:{self.job_id}"
+        cluster = cluster_for(host.app.db) if self.singleton else None
+        held = False
         try:
-            await self.work(self.host)
+            if cluster is not None:
+                # No row for a run shorter than a heartbeat: most runs cost no write.
+                held = await host.run_sync(lambda: cluster.try_acquire(lock, record=False))
+                if not held:
+                    log.debug("job.skipped", job=self.job_id, why="running in another process")
+                    return
+            await self.work(host)
         except EmaildError as exc:  # e.g. the database is down: the next run tries again
             log.warning(self.failed_event, error=str(exc))
         except Exception as exc:
             log.error(self.failed_event, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         finally:
+            if held and cluster is not None:
+                await host.run_sync(cluster.release, lock)
             self._idle.set()
 
     async def stop(self) -> None:

@@ -4,7 +4,9 @@ Everything comes from the database, so the command works the same whether
 the daemon runs here, elsewhere, or not at all: routing addresses with their
 verification state and held mail, each channel's last success and failure
 (``channel_status``, written by the daemon), the outbox by status, webhook
-subscriptions (failing or disabled ones need attention), and the quarantine.
+subscriptions (failing or disabled ones need attention), the quarantine, and
+which process holds which cluster-wide lock (``emaild.cluster``: mailboxes,
+singleton jobs).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from emaild.cluster.holders import live_holders
 from emaild.store.models import ChannelStatus, OutboxItem, QuarantineEntry
 from emaild.webhooks.subscriptions import webhook_status
 
@@ -78,6 +81,7 @@ def gather_status(app: App) -> dict[str, Any]:
             )
         }
         webhooks = webhook_status(session, now, app.config.webhooks.failing_after_seconds)
+        holders = live_holders(session, now)
     configured = _configured_channels(app)
     seen = {c["name"] for c in channels}
     channels += [
@@ -111,6 +115,7 @@ def gather_status(app: App) -> dict[str, Any]:
             "configured": app.config.relay_configured,
         },
         "webhooks": webhooks,
+        "holders": _with_idle_mailboxes(app, holders),
         "held_messages": sum(int(a["held_messages"]) for a in addresses),
         "quarantine_errors": errors,
     }
@@ -163,6 +168,18 @@ def _channel_json(row: ChannelStatus) -> dict[str, Any]:
         "consecutive_failures": row.consecutive_failures,
         "reported": True,
     }
+
+
+def _with_idle_mailboxes(app: App, holders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live holders plus a ``holder: None`` entry for each enabled mailbox nobody holds."""
+    held = {h["name"] for h in holders}
+    idle = [
+        {"name": f"imap:{m.name}", "holder": None, "host": None, "pid": None}
+        | {"since": None, "heartbeat_at": None}
+        for m in app.config.mailbox
+        if m.enabled and f"imap:{m.name}" not in held
+    ]
+    return sorted(holders + idle, key=lambda h: str(h["name"]))
 
 
 def _configured_channels(app: App) -> list[tuple[str, str]]:

@@ -5,7 +5,9 @@ Each test runs in a thread of its own (it waits for the message to come back,
 up to ``timeout_seconds``), never in the daemon's worker pool. Its result is
 the ``emaild_forwarding_test_*`` metrics and the health of the channel
 ``fwdtest:ADDRESS``, so a failing test is alerted on like a failing mailbox.
-The first test runs one interval after start.
+The first test runs one interval after start. With several processes on one
+database a test runs in one of them at a time (the cluster-wide lock
+``job:fwdtest:ADDRESS``, ``emaild.cluster``); the others skip that round.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from emaild.channels.health import ChannelHealth
+from emaild.cluster import cluster_for
 from emaild.component import Host
 from emaild.config import ForwardingTestConfig
 from emaild.errors import EmaildError
@@ -75,6 +78,16 @@ class SelfTestComponent:
         return math.inf if self.stopping.is_set() else time.monotonic()
 
     def run_test(self, test: ForwardingTestConfig) -> None:
+        """One self-test (blocking), unless another process is running it now."""
+        try:
+            name = f"job:fwdtest:{test.address}"
+            with cluster_for(self.app.db).exclusive(name, record=False) as mine:
+                if mine:
+                    self._run_test(test)
+        except EmaildError as exc:  # the database is down: the next round tries again
+            log.warning("selftest.skipped", address=test.address, error=str(exc))
+
+    def _run_test(self, test: ForwardingTestConfig) -> None:
         """One self-test (blocking); its outcome goes to the metrics and channel health."""
         health = self.health[test.address]
         try:

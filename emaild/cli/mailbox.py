@@ -45,8 +45,11 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
     folder is missing.
     """
     from emaild.channels.imap.auth import Credentials
+    from emaild.channels.imap.ownership import lock_name
     from emaild.channels.imap.runner import MailboxRunner
     from emaild.channels.imap.worker import MailboxWorker
+    from emaild.cluster import cluster_for
+    from emaild.errors import TransientError
 
     box = resolve_mailbox(ctx, mailbox)
     app = ctx.app()
@@ -60,10 +63,16 @@ def poll_cmd(ctx: Context, once: bool, as_json: bool, mailbox: str) -> None:
         runner.run()
         return
     worker = MailboxWorker(app, box, credentials=credentials, record_health=configured)
-    try:
-        summary = worker.poll_or_raise()
-    finally:
-        worker.poller.close()
+    with cluster_for(app.db).exclusive(lock_name(box.name)) as mine:
+        if not mine:
+            raise TransientError(
+                f"mailbox {box.name!r} is being polled by another emaild process now"
+                " (emaild status lists it); try again later"
+            )
+        try:
+            summary = worker.poll_or_raise()
+        finally:
+            worker.poller.close()
     if as_json:
         echo_json(summary.as_json())
     else:

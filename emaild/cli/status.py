@@ -1,4 +1,5 @@
-"""``emaild status``: addresses, channels, outbox, webhooks and quarantine on one screen."""
+"""``emaild status``: addresses, channels, outbox, webhooks, quarantine and the holders
+of cluster-wide locks on one screen."""
 
 from __future__ import annotations
 
@@ -103,6 +104,22 @@ def _print(data: dict[str, Any]) -> None:
             f"Webhook {w['name']}: {state}{health}; {w['pending']} pending, "
             f"{w['delivered']} delivered, {w['failed']} failed"
         )
+    if data["holders"]:
+        click.echo("")
+        click.echo("Held by (one process at a time, cluster-wide)")
+        echo_table(
+            ["  NAME", "HOLDER", "SINCE", "HEARTBEAT"],
+            [
+                [
+                    "  " + h["name"],
+                    h["holder"] or "nobody (no emaild run polls it now)",
+                    age(h["since"], now) if h["holder"] else "",
+                    age(h["heartbeat_at"], now) if h["holder"] else "",
+                ]
+                for h in data["holders"]
+            ],
+        )
+        click.echo("")
     q = data["quarantine"]
     click.echo(
         f"Quarantine: {q['held']} held" + ("  (emaild quarantine list)" if q["held"] else "")

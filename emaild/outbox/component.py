@@ -32,6 +32,8 @@ class OutboxComponent(JobComponent):
     name = "outbox"
     job_id = JOB_ID
     failed_event = "outbox.run_failed"
+    # Every process delivers: each item is claimed on its own (emaild.outbox.queue).
+    singleton = False
 
     def __init__(self, app: App) -> None:
         super().__init__(app)

@@ -1,7 +1,8 @@
 """The database schema as typed SQLAlchemy 2 models.
 
 Every table the daemon uses is importable from here (the webhook tables are
-defined in ``emaild.store.webhook_models``, re-exported below); the
+defined in ``emaild.store.webhook_models``, the lock holders in
+``emaild.store.cluster_models``, re-exported below); the
 Alembic migrations in ``migrations/versions`` must match it (a test checks).
 """
 
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from emaild.store.base import NAMING, Base, UTCDateTime
 from emaild.store.blob_models import BlobChunk, BlobRow
+from emaild.store.cluster_models import ClusterHolder
 from emaild.store.safetext import SafeString, SafeText
 from emaild.store.webhook_models import (
     WebhookAttempt,
@@ -36,6 +38,7 @@ __all__ = [
     "Base",
     "BlobChunk",
     "BlobRow",
+    "ClusterHolder",
     "UTCDateTime",
     "WebhookAttempt",
     "WebhookDelivery",

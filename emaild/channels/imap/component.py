@@ -1,5 +1,6 @@
 """The daemon's IMAP component: a scheduled poll per enabled mailbox plus its
-IDLE watcher, run in threads of its own."""
+IDLE watcher, run in threads of its own, for the mailboxes this process holds
+cluster-wide (``emaild.channels.imap.ownership``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import structlog
 
 from emaild.channels.imap.connection import describe
 from emaild.channels.imap.idle import IdleWatcher
+from emaild.channels.imap.ownership import CLAIM_RETRY_SECONDS, GAINED, LOST, MailboxOwnership
 from emaild.channels.imap.worker import MailboxWorker
+from emaild.cluster import cluster_for
 from emaild.component import Host
 
 if TYPE_CHECKING:
@@ -28,7 +31,10 @@ class ImapComponent:
 
     Polls run in this component's own threads (one per mailbox), not the
     daemon's worker pool, so a long catch-up never takes workers the SMTP
-    listener needs, and never runs on the event loop.
+    listener needs, and never runs on the event loop. A mailbox is polled
+    and IDLEd only while this process holds its cluster-wide lock: the
+    ``imap:claims`` job takes free mailboxes (first poll at once, IDLE
+    started) and lets go of lost ones every ``CLAIM_RETRY_SECONDS``.
     """
 
     name = "imap"
@@ -37,16 +43,19 @@ class ImapComponent:
         self.app = app
         self.stop_event = threading.Event()
         boxes = [box for box in app.config.mailbox if box.enabled]
-        self.workers = [MailboxWorker(app, box, stop=self.stop_event) for box in boxes]
-        self.watchers: list[IdleWatcher] = []
+        # Each worker's own stop event: set while another process holds its mailbox.
+        self.workers = [MailboxWorker(app, box, stop=threading.Event()) for box in boxes]
+        cluster = cluster_for(app.db)
+        self.owners = {id(w): MailboxOwnership(cluster, w) for w in self.workers}
+        self.watchers: dict[int, tuple[IdleWatcher, threading.Event]] = {}
         self.executor = ThreadPoolExecutor(
-            max_workers=max(1, len(self.workers)), thread_name_prefix="emaild-imap"
+            max_workers=max(1, len(self.workers)) + 1, thread_name_prefix="emaild-imap"
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: Host) -> None:
-        """Schedule each mailbox's poll (first one now) and start the IDLE watchers."""
+        """Schedule each mailbox's poll and the claims job (first one now)."""
         self.loop = asyncio.get_running_loop()
         for worker in self.workers:
             box = worker.box
@@ -58,16 +67,55 @@ class ImapComponent:
                 id=f"imap:{box.name}",
                 max_instances=1,
                 coalesce=True,
-                next_run_time=datetime.now(UTC),
                 misfire_grace_time=None,
             )
-            if box.idle:
-                watcher = IdleWatcher(
-                    box, worker.poller.credentials, self._waker(worker), self.stop_event
-                )
-                watcher.start()
-                self.watchers.append(watcher)
             log.info("imap.mailbox_started", mailbox=box.name, server=describe(box), idle=box.idle)
+        host.scheduler.add_job(
+            self._claims,
+            "interval",
+            seconds=CLAIM_RETRY_SECONDS,
+            id="imap:claims",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+
+    async def _claims(self) -> None:
+        """Take the free mailboxes, give up the lost ones (see ``MailboxOwnership``)."""
+        if self.stop_event.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            owner = self.owners[id(worker)]
+            try:
+                change = await loop.run_in_executor(self.executor, owner.refresh)
+            except RuntimeError:  # the executor is shut down: stopping
+                return
+            if change == GAINED:
+                if self.stop_event.is_set():
+                    owner.release()
+                    return
+                self._start_watcher(worker)
+                self._spawn_poll(worker)
+            elif change == LOST:
+                self._stop_watcher(worker)
+
+    def _start_watcher(self, worker: MailboxWorker) -> None:
+        if not worker.box.idle:
+            return
+        stop = threading.Event()
+        watcher = IdleWatcher(worker.box, worker.poller.credentials, self._waker(worker), stop)
+        watcher.start()
+        self.watchers[id(worker)] = (watcher, stop)
+
+    def _stop_watcher(self, worker: MailboxWorker) -> IdleWatcher | None:
+        found = self.watchers.pop(id(worker), None)
+        if found is None:
+            return None
+        watcher, stop = found
+        stop.set()
+        watcher.interrupt()
+        return watcher
 
     def _waker(self, worker: MailboxWorker) -> Callable[[], None]:
         def wake() -> None:  # runs in the watcher's thread
@@ -84,7 +132,7 @@ class ImapComponent:
             task.add_done_callback(self._tasks.discard)
 
     async def _poll(self, worker: MailboxWorker, again: bool) -> None:
-        if self.stop_event.is_set():
+        if self.stop_event.is_set() or worker.stop.is_set():  # stopping, or not ours
             return
         loop = asyncio.get_running_loop()
         try:
@@ -99,18 +147,21 @@ class ImapComponent:
             loop.call_later(retry + 0.01, self._spawn_poll, worker)
 
     async def stop(self) -> None:
-        """Finish the message in hand, log out, stop the watchers."""
+        """Finish the message in hand, log out, stop the watchers, let the mailboxes go."""
         self.stop_event.set()
-        for watcher in self.watchers:
-            watcher.interrupt()
+        for worker in self.workers:
+            worker.stop.set()
+        watchers = [w for w in (self._stop_watcher(worker) for worker in self.workers) if w]
         loop = asyncio.get_running_loop()
 
         def finish() -> None:
-            for watcher in self.watchers:
+            for watcher in watchers:
                 watcher.join(10)
             self.executor.shutdown(wait=True)
             for worker in self.workers:
                 worker.poller.close()
+                # Only now: another process may take the mailbox at once.
+                self.owners[id(worker)].release()
 
         await loop.run_in_executor(None, finish)
 

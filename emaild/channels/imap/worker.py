@@ -76,7 +76,7 @@ class MailboxWorker:
             if self._busy:
                 self._pending = self._pending or again
                 return None
-            if not force and time.monotonic() < self._retry_at:
+            if self.stop.is_set() or (not force and time.monotonic() < self._retry_at):
                 return None
             self._busy = True
         total = PollSummary()
@@ -88,18 +88,35 @@ class MailboxWorker:
                 total.merge(self.poller.poll_once())
                 with self._state:
                     # Decide and release under one lock, or a wake could slip between.
-                    if not self._pending or self.stop.is_set():
+                    if self.stop.is_set():
+                        break  # released below, after logging out
+                    if not self._pending:
                         self._busy = False
                         released = True
             self._succeeded(total)
         except (ImapUnavailable, MailboxProblem, TransientError) as exc:
             self._failed(exc)
         finally:
+            if self.stop.is_set():
+                # Stopped (shutdown, or the mailbox is now another process's): log out.
+                self.poller.close()
             if not released:
                 with self._state:
                     self._busy = False
             self.health.flush(self.app.db)
         return total
+
+    def hang_up(self) -> None:
+        """Log out now if no poll runs (a running one logs out when it ends, ``stop`` set)."""
+        with self._state:
+            if self._busy:
+                return
+            self._busy = True
+        try:
+            self.poller.close()
+        finally:
+            with self._state:
+                self._busy = False
 
     def poll_or_raise(self) -> PollSummary:
         """One pass for ``emaild poll --once``: errors are raised, health recorded."""

@@ -1,3 +1,3 @@
 """Alembic migrations. ``SCHEMA_HEAD`` lets startup skip Alembic when current."""
 
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
