@@ -408,9 +408,9 @@ def test_workers_serve_the_socket_systemd_passes(
 HOLDING_WRITER = r"""
 import sys, time
 from pathlib import Path
-from emaild.store.blobs import BlobStore
+from emaild.store.blobs import FileBlobStore
 
-spool = BlobStore(Path(sys.argv[1])).spool()
+spool = FileBlobStore(Path(sys.argv[1])).spool()
 spool.write(b"a message being received by another worker")
 print(spool.path, flush=True)
 time.sleep(60)
@@ -425,7 +425,7 @@ def test_a_starting_worker_keeps_the_spool_files_another_live_worker_writes(
     import subprocess
     import sys
 
-    from emaild.store.blobs import BlobStore
+    from emaild.store.blobs import FileBlobStore
 
     blobs = tmp_path / "blobs"
     writer = subprocess.Popen(
@@ -435,11 +435,11 @@ def test_a_starting_worker_keeps_the_spool_files_another_live_worker_writes(
         assert writer.stdout is not None
         held = Path(writer.stdout.readline().decode().strip())
         assert held.exists()
-        assert BlobStore(blobs).remove_stale_temp() == 0
+        assert FileBlobStore(blobs).remove_stale_temp() == 0
         assert held.exists()
         writer.kill()
         writer.wait(10)
-        assert BlobStore(blobs).remove_stale_temp() == 1
+        assert FileBlobStore(blobs).remove_stale_temp() == 1
         assert not held.exists()
     finally:
         if writer.poll() is None:
