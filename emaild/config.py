@@ -45,7 +45,7 @@ from emaild.config_model import (
 )
 from emaild.config_storage import check_storage
 from emaild.errors import ConfigError
-from emaild.paths import default_state_dir
+from emaild.paths import resolve_state_dir
 from emaild.tomlsource import TomlSource
 
 # The configuration model is part of this module's interface: import it from here.
@@ -138,7 +138,7 @@ def _resolve(config: Config, path: Path | None, env: Mapping[str, str]) -> Confi
         return str((base / value).resolve()) if value and not Path(value).is_absolute() else value
 
     storage = config.storage
-    state_dir = env.get("EMAILD_STATE_DIR") or rel(storage.state_dir) or default_state_dir(env)
+    state_dir = resolve_state_dir(storage.state_dir, base, env)
     database_url = env.get("EMAILD_DATABASE_URL") or storage.database_url
     storage = storage.model_copy(
         update={

@@ -10,6 +10,16 @@ from pathlib import Path
 INGEST_SOCKET = "ingest.sock"
 
 
+def resolve_state_dir(configured: str, base: Path, env: Mapping[str, str]) -> str:
+    """The state directory: ``EMAILD_STATE_DIR``, else ``[storage] state_dir``
+    (relative to ``base``, the config file's directory), else the default."""
+    if env.get("EMAILD_STATE_DIR"):
+        return env["EMAILD_STATE_DIR"]
+    if configured:
+        return configured if Path(configured).is_absolute() else str((base / configured).resolve())
+    return default_state_dir(env)
+
+
 def default_state_dir(env: Mapping[str, str]) -> str:
     """systemd's StateDirectory, else the XDG state directory."""
     if env.get("STATE_DIRECTORY"):

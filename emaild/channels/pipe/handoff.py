@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emaild.paths import INGEST_SOCKET, default_state_dir
+from emaild.paths import INGEST_SOCKET, resolve_state_dir
 
 EX_TEMPFAIL = 75  # sysexits(3); emaild.errors has it too, but imports more
 CONNECT_TIMEOUT = 2.0
@@ -56,8 +56,8 @@ def daemon_socket(config_path: str | None, env: Mapping[str, str]) -> Path | Non
     to the config file, then the default); None if the config cannot be read
     (the in-process path then reports it properly)."""
     chosen = config_path or env.get("EMAILD_CONFIG")
-    state_dir = env.get("EMAILD_STATE_DIR", "")
-    if not state_dir and chosen:
+    configured, base = "", Path.cwd()
+    if chosen and not env.get("EMAILD_STATE_DIR"):
         path = Path(chosen)
         try:
             with path.open("rb") as f:
@@ -67,10 +67,8 @@ def daemon_socket(config_path: str | None, env: Mapping[str, str]) -> Path | Non
         configured = storage.get("state_dir", "") if isinstance(storage, dict) else ""
         if not isinstance(configured, str):
             return None
-        if configured and not Path(configured).is_absolute():
-            configured = str((path.resolve().parent / configured).resolve())
-        state_dir = configured
-    return Path(state_dir or default_state_dir(env)) / INGEST_SOCKET
+        base = path.resolve().parent
+    return Path(resolve_state_dir(configured, base, env)) / INGEST_SOCKET
 
 
 def hand_off(
