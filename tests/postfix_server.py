@@ -326,6 +326,17 @@ class Postfix:
         assert listed.returncode == 0, listed.stderr
         return [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
 
+    def wait_queued(self, queue_id: str, queue_name: str, timeout: float = 20) -> None:
+        """Wait until ``queue_id`` sits in ``queue_name`` (bounded): the delivery
+        agent logs its outcome before the queue manager moves the file."""
+        deadline = time.monotonic() + timeout
+        while True:
+            where = [(m["queue_id"], m["queue_name"]) for m in self.queue()]
+            if (queue_id, queue_name) in where:
+                return
+            assert time.monotonic() < deadline, f"{queue_id} not in {queue_name}: {where}"
+            time.sleep(0.1)
+
     def flush(self) -> None:
         """``postqueue -f``: retry the deferred mail now."""
         flushed = self.command(POSTQUEUE, "-f")

@@ -262,6 +262,7 @@ def test_pipe_defers_while_the_state_dir_is_unwritable_and_delivers_after_the_fi
     assert refused == {}
     [deferred] = server.wait_delivery(queue_id)
     assert deferred.status == "deferred" and deferred.dsn.startswith("4."), deferred.line
+    server.wait_queued(queue_id, "deferred")
     [queued] = server.queue()
     assert (queued["queue_id"], queued["queue_name"]) == (queue_id, "deferred")
     assert "status=bounced" not in server.log()
