@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emaild.errors import EX_TEMPFAIL
 from emaild.paths import INGEST_SOCKET, resolve_state_dir
 
-EX_TEMPFAIL = 75  # sysexits(3); emaild.errors has it too, but imports more
 CONNECT_TIMEOUT = 2.0
 # The pipeline may wait on the database's write lock; the MTA's pipe has its own limit.
 ANSWER_TIMEOUT = 300.0
@@ -90,9 +90,14 @@ def hand_off(
         sock.settimeout(timeout)
         try:
             header = {"to": to, "from": mail_from, "size": len(raw)}
-            sock.sendall(json.dumps(header).encode() + b"\n")
-            sock.sendall(raw)
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.sendall(json.dumps(header).encode() + b"\n")
+                sock.sendall(raw)
+                sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon may answer and close once it has what it needs (an
+                # empty message); its answer is then already waiting to be read.
+                pass
             answer = _read_answer(sock)
         except (OSError, ValueError) as exc:
             why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
