@@ -11,6 +11,9 @@ and directory), and the rest (session, commit with its WAL fsync, logging).
   no more.
 - Logging is on, as in the daemon (JSON lines), written to /dev/null.
 - ``--cpu`` reports thread CPU time instead of wall time.
+- The same messages parsed by mail-parser alone (``mailparser.parse_from_bytes``,
+  the ``bench`` extra), timed with the same clock in the same run: the floor
+  the pipeline is measured against (issue 19's goal: at most 2.5 times it).
 - ``--metrics-overhead``: each round ingests ``--messages`` with metrics counting
   (``[metrics] enabled``) and as many without, alternating every 10 messages,
   and reports the per-message cost of each and their ratio (no stage breakdown).
@@ -48,6 +51,8 @@ from emaild.config import load_config  # noqa: E402
 from emaild.observe import metrics  # noqa: E402
 from emaild.pipeline import Envelope  # noqa: E402
 
+# Issue 19: a message through the pipeline costs at most this many mail-parser parses.
+GOAL_RATIO = 2.5
 # --metrics-overhead: messages per alternation between metrics on and off.
 CHUNK = 10
 ENVELOPE = Envelope(
@@ -142,6 +147,25 @@ def run(app: App, args: argparse.Namespace) -> None:
     print(f"{n / best_total:.0f} msg/s, best of {args.rounds} rounds of {n}")
     for name, value in sorted(best.items(), key=lambda item: -item[1]):
         print(f"  {name:30} {value / n * 1000:6.3f} ms")
+    floor = parse_only(messages, clock, args.rounds)
+    ratio = best_total / n / floor
+    print(f"mail-parser alone: {floor * 1000:.3f} ms/message ({what}); ", end="")
+    print(f"pipeline / parse = {ratio:.2f} (goal <= {GOAL_RATIO})")
+
+
+def parse_only(messages: list[bytes], clock: Callable[[], float], rounds: int) -> float:
+    """Seconds per message mail-parser alone spends on ``messages`` (best round)."""
+    try:
+        import mailparser
+    except ImportError:
+        sys.exit("bench_ingest: mail-parser is missing: pip install -e '.[bench]'")
+    best = float("inf")
+    for _ in range(rounds):
+        started = clock()
+        for raw in messages:
+            mailparser.parse_from_bytes(raw)
+        best = min(best, clock() - started)
+    return best / len(messages)
 
 
 def overhead(app: App, args: argparse.Namespace) -> None:
