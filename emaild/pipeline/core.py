@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -254,16 +254,10 @@ class Pipeline:
         out again (issue 18 §2). The keys are those ``deduplicate`` uses; a held
         copy is left to the pipeline, which releases it.
         """
-        keys = [f"sha256:{raw_sha}"]
         mid = quick_message_id(raw)
-        if mid:
-            keys.append(f"mid:{mid}")
-        with self.db.session(readonly=True) as session:
-            row = session.execute(
-                select(Message.id, Message.case_id)
-                .where(Message.dedup_key.in_(keys), Message.state != "held")
-                .limit(1)
-            ).first()
+        keys = {"sha": f"sha256:{raw_sha}", "mid": f"mid:{mid}" if mid else ""}
+        with self.db.reading() as conn:
+            row = conn.execute(_STORED_BEFORE, keys).first()
         if row is None:
             return None
         return IngestResult(
@@ -316,6 +310,17 @@ class Pipeline:
             trace=tuple(ctx.trace_json()),
             not_a_message=not_a_message,
         )
+
+
+# ``_stored_before_parsing``'s lookup, built once ("" never matches a key).
+_STORED_BEFORE = (
+    select(Message.id, Message.case_id)
+    .where(
+        Message.dedup_key.in_([bindparam("sha"), bindparam("mid")]),
+        Message.state != "held",
+    )
+    .limit(1)
+)
 
 
 class _StageFailed(Exception):

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,6 +68,16 @@ class Database:
         bind = {"bind": self._reader} if readonly else {}
         with translate_errors(), self.sessions(**bind) as session:
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A Core connection for a quick lookup: no ORM session, never the write lock.
+
+        What ``session(readonly=True)`` gives, without building a session for one
+        query (a message's duplicate check before parsing, say).
+        """
+        with translate_errors(), self._reader.connect() as conn:
+            yield conn
 
     def run(self, work: Callable[[Session], T], *, attempts: int = 1) -> T:
         """Run ``work`` in one transaction, committed on success (``transact``), retried.

@@ -16,6 +16,7 @@ What stays true for each unit, as if it ran alone:
 - A unit that raises has its SAVEPOINT rolled back: only its own writes go,
   the others of the batch are committed (contract 3: one bad message never
   stalls the rest), and ``run`` re-raises its exception.
+- A batch of one unit runs without a SAVEPOINT: its transaction is its own.
 - Units run one after another, in arrival order, each seeing the writes of
   those before it (as consecutive transactions would), and share no ORM
   state: the session is emptied between units.
@@ -150,20 +151,11 @@ class GroupCommit:
         session = self.db.sessions()
         try:
             session.begin()
-            for unit in batch:
-                savepoint = session.begin_nested()
-                try:
-                    unit.value = unit.work(session)
-                    session.flush()
-                    savepoint.commit()
-                except Exception as exc:
-                    # Rolling back to the savepoint fails if the error ended the
-                    # whole transaction (SQLite does on I/O errors, a full disk):
-                    # then the batch fails as a whole, above.
-                    savepoint.rollback()
-                    unit.error = exc
-                finally:
-                    session.expunge_all()
+            if len(batch) == 1:
+                if not self._alone(batch[0], session):
+                    return  # it failed: its transaction is rolled back, nothing to commit
+            else:
+                self._savepointed(batch, session)
             started = time.perf_counter()
             session.commit()
             metrics.commit(time.perf_counter() - started)
@@ -172,6 +164,42 @@ class GroupCommit:
             raise
         finally:
             session.close()
+
+    @staticmethod
+    def _savepointed(batch: list[_Unit[Any]], session: Session) -> None:
+        """Run each unit in its own SAVEPOINT: a failing one loses only its own writes."""
+        for unit in batch:
+            savepoint = session.begin_nested()
+            try:
+                unit.value = unit.work(session)
+                session.flush()
+                savepoint.commit()
+            except Exception as exc:
+                # Rolling back to the savepoint fails if the error ended the
+                # whole transaction (SQLite does on I/O errors, a full disk):
+                # then the batch fails as a whole, in ``_transaction``.
+                savepoint.rollback()
+                unit.error = exc
+            finally:
+                session.expunge_all()
+
+    @staticmethod
+    def _alone(unit: _Unit[Any], session: Session) -> bool:
+        """Run a batch's only unit without a SAVEPOINT; False if it failed (rolled back).
+
+        The transaction holds nothing else, so rolling it back undoes exactly
+        what a SAVEPOINT would: two statements fewer for every uncontended write.
+        """
+        try:
+            unit.value = unit.work(session)
+            session.flush()
+        except Exception as exc:
+            session.rollback()
+            unit.error = exc
+            return False
+        finally:
+            session.expunge_all()
+        return True
 
 
 def _as_transient(exc: BaseException) -> BaseException:
