@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_zygote as cli_zygote_module
 import pytest
+from cli_zygote import Zygote
 
 from emaild.app import App
 from emaild.config import Config, load_config
@@ -218,9 +219,19 @@ def cli_env(state_dir: Path, database_url: str, tmp_path: Path) -> dict[str, str
     return env
 
 
+@pytest.fixture(scope="session")
+def cli_zygote() -> Zygote:
+    """One process per test worker with emaild imported, forked for each CLI call."""
+    return cli_zygote_module.shared()
+
+
 @pytest.fixture
-def run_cli(cli_env: dict[str, str]) -> Any:
-    """Run ``emaild ARGS`` in a subprocess; returns the CompletedProcess."""
+def run_cli(cli_env: dict[str, str], cli_zygote: Zygote) -> Any:
+    """Run ``emaild ARGS`` in a new process; returns the CompletedProcess.
+
+    The process is forked from ``cli_zygote`` (tests/cli_zygote.py): a fresh
+    ``python -m emaild`` without paying the imports on every call.
+    """
 
     def run(
         *args: str,
@@ -230,14 +241,7 @@ def run_cli(cli_env: dict[str, str]) -> Any:
     ) -> subprocess.CompletedProcess[bytes]:
         full_env = dict(cli_env)
         full_env.update(env or {})
-        return subprocess.run(
-            [sys.executable, "-m", "emaild", *args],
-            input=input,
-            capture_output=True,
-            env=full_env,
-            timeout=timeout,
-            check=False,
-        )
+        return cli_zygote.run(list(args), input=input, env=full_env, timeout=timeout)
 
     return run
 

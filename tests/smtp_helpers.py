@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import cli_zygote
+
 from emaild.app import App
 from emaild.channels.smtp import SmtpChannel
 
@@ -162,18 +164,28 @@ class DaemonProcess:
         self.args = list(args)
         self.stdin = stdin
         self.wrapper = list(wrapper)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | cli_zygote.ZygoteProcess | None = None
 
     def start(self, timeout: float = 60) -> dict[str, str]:
         """Start and wait for ``READY=1``; returns that notification."""
         with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "emaild", *self.args, "run", *self.run_args],
-                env=self.env,
-                stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
+            command = [*self.args, "run", *self.run_args]
+            if self.wrapper:
+                self.proc = subprocess.Popen(
+                    [*self.wrapper, sys.executable, "-m", "emaild", *command],
+                    env=self.env,
+                    stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                )
+            else:  # forked from the tests' zygote: a fresh process without the imports
+                self.proc = cli_zygote.shared().popen(
+                    command,
+                    env=self.env,
+                    stdin=self.stdin,
+                    stdout=log_file.fileno(),
+                    stderr=log_file.fileno(),
+                )
         return self.wait_for("READY", timeout)
 
     def wait_for(self, key: str, timeout: float = 30) -> dict[str, str]:
