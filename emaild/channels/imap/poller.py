@@ -7,7 +7,8 @@ never a sequence number; where each folder stands is its cursor
 up to ``acked_uid``).
 
 A poll fetches ``BODY.PEEK[]`` (nothing is marked seen by reading) in batches
-bounded by count and bytes. A message over ``limits.max_message_bytes`` is not
+bounded by count and bytes, the next batch downloading while one is stored
+(``channels.imap.fetch``). A message over ``limits.max_message_bytes`` is not
 downloaded: its headers are kept in quarantine and the sender is told once
 (``autoresponse.notices``).
 A message the pipeline cannot process is quarantined by the pipeline and, if
@@ -40,6 +41,7 @@ from emaild.channels.imap.connection import (
     failure_reason,
 )
 from emaild.channels.imap.cursor import Cursor, FolderCursors
+from emaild.channels.imap.fetch import Fetched, Prefetch, fetch
 from emaild.clock import utcnow
 from emaild.config import MailboxConfig
 from emaild.errors import InputError, TransientError
@@ -77,14 +79,6 @@ class PollSummary(OutcomeTally):
         return {k: int(v) for k, v in self.__dict__.items()}
 
 
-@dataclass
-class _Fetched:
-    uid: int
-    size: int
-    raw: bytes | None = None  # None: over the size limit, only ``headers`` fetched
-    headers: bytes = b""
-
-
 def _sizes(client: IMAPClient, after_uid: int) -> list[tuple[int, int]]:
     """(UID, RFC822.SIZE) of every message above ``after_uid``, in UID order."""
     # "N:*" always matches the highest UID, even one below N: filter.
@@ -112,22 +106,6 @@ def _batches(
         used += cost
     if batch:
         yield batch
-
-
-def _fetch(client: IMAPClient, batch: list[tuple[int, int]], limit: int) -> list[_Fetched]:
-    """The messages of ``batch``: whole up to ``limit`` bytes, only headers above."""
-    whole = [uid for uid, size in batch if size <= limit]
-    big = [uid for uid, size in batch if size > limit]
-    bodies = client.fetch(whole, ["BODY.PEEK[]"]) if whole else {}
-    heads = client.fetch(big, ["BODY.PEEK[HEADER]"]) if big else {}
-    out = []
-    for uid, size in batch:
-        if uid in bodies and b"BODY[]" in bodies[uid]:
-            out.append(_Fetched(uid, size, raw=bytes(bodies[uid][b"BODY[]"])))
-        elif uid in heads and b"BODY[HEADER]" in heads[uid]:
-            out.append(_Fetched(uid, size, headers=bytes(heads[uid][b"BODY[HEADER]"])))
-        # Otherwise it was expunged meanwhile: nothing to store.
-    return out
 
 
 # Called at each step with (step, folder, uid): "fetched", "stored", "acked".
@@ -163,6 +141,9 @@ class MailboxPoller:
         self.log = log.bind(mailbox=box.name)
         self.cursors = FolderCursors(app.db, box.name)
         self.backlog: dict[str, int] = {}
+        # The next batch downloads while one is stored; False: one after the
+        # other (the benches' baseline).
+        self.prefetch = True
 
     # --- connection ---------------------------------------------------------------
     def _connected(self) -> IMAPClient:
@@ -249,10 +230,18 @@ class MailboxPoller:
         sizes = _sizes(client, cursor.acked_uid)
         waiting = len(sizes)
         self._waiting(folder, waiting)
-        for batch in _batches(sizes, self.app.config.limits.max_message_bytes, self.box):
+        limit = self.app.config.limits.max_message_bytes
+        batches = list(_batches(sizes, limit, self.box))
+        fetched = fetch(client, batches[0], limit) if batches else []
+        for index, batch in enumerate(batches):
             if self.stop.is_set():
                 return
-            self._run_batch(client, folder, uidvalidity, batch, summary)
+            # The next batch downloads while this one is stored.
+            following = batches[index + 1] if index + 1 < len(batches) else []
+            ahead = Prefetch(client, following, limit) if following and self.prefetch else None
+            fetched = self._run_batch(client, folder, uidvalidity, fetched, ahead, summary)
+            if following and ahead is None:
+                fetched = fetch(client, following, limit)
             waiting -= len(batch)
             self._waiting(folder, waiting)
 
@@ -279,10 +268,12 @@ class MailboxPoller:
         client: IMAPClient,
         folder: str,
         uidvalidity: int,
-        batch: list[tuple[int, int]],
+        fetched: list[Fetched],
+        ahead: Prefetch | None,
         summary: PollSummary,
-    ) -> None:
-        fetched = _fetch(client, batch, self.app.config.limits.max_message_bytes)
+    ) -> list[Fetched]:
+        """Store ``fetched``, then apply its after-store actions; returns the next
+        batch (``ahead``'s), which downloaded meanwhile."""
         actions = Actions()
         last_stored = 0
         try:
@@ -298,20 +289,34 @@ class MailboxPoller:
                 last_stored = item.uid
         except TransientError:
             # Storage is down: flag what was stored, then let the poll fail and retry.
+            if ahead is not None:
+                ahead.settle()
             self._after_store(client, folder, actions, summary)
             raise
+        except BaseException:
+            if ahead is not None:
+                ahead.settle()  # the connection is closed next: no thread may still use it
+            raise
+        following: list[Fetched] = []
+        lost: BaseException | None = None
+        if ahead is not None:
+            try:
+                following = ahead.result()
+            except (OSError, IMAPClientError) as exc:
+                lost = exc  # flag what is stored first, if the connection still lets us
         if self._after_store(client, folder, actions, summary) and last_stored:
             self.cursors.ack(folder, uidvalidity, last_stored)
             self._step("acked", folder, last_stored)
+        if lost is not None:
+            raise lost
+        return following
 
     def _step(self, step: str, folder: str, uid: int) -> None:
         if self.progress is not None:
             self.progress(step, folder, uid)
 
     # --- storing --------------------------------------------------------------
-    def _store(
-        self, folder: str, uidvalidity: int, item: _Fetched, summary: PollSummary
-    ) -> Outcome:
+    def _store(self, folder: str, uidvalidity: int, item: Fetched, summary: PollSummary) -> Outcome:
         also = self.cursors.advance(folder, uidvalidity, item.uid)
         if item.raw is None:
             summary.too_large += 1
@@ -345,14 +350,14 @@ class MailboxPoller:
             envelope_to=self.envelope.rcpt_to,
         )
 
-    def _hold_unusable(self, item: _Fetched, error: str, also: Callable[[Session], None]) -> None:
+    def _hold_unusable(self, item: Fetched, error: str, also: Callable[[Session], None]) -> None:
         raw = item.raw or b""
         sha = self.app.blobs.put(raw)[0] if raw else ""
         held = self._held("unusable", error, sha, len(raw), quarantine.header_block(raw))
         quarantine.record(self.app.db, held, utcnow(), also=also)
         self.log.warning("imap.unusable", uid=item.uid, error=error)
 
-    def _hold_too_large(self, item: _Fetched, also: Callable[[Session], None]) -> None:
+    def _hold_too_large(self, item: Fetched, also: Callable[[Session], None]) -> None:
         limit = self.app.config.limits.max_message_bytes
         headers = item.headers[:HEADER_KEEP_BYTES].decode("utf-8", "replace")
         error = f"message is {item.size} bytes, over the {limit} byte limit: not downloaded"
@@ -378,7 +383,7 @@ class MailboxPoller:
         notice = self.app.db.run(work, attempts=quarantine.ATTEMPTS)
         self.log.warning("imap.too_large", uid=item.uid, size=item.size, limit=limit, notice=notice)
 
-    def _too_large_notice(self, session: Session, item: _Fetched) -> str:
+    def _too_large_notice(self, session: Session, item: Fetched) -> str:
         """Queue the "too large" notice unless it is off or loop protection says no."""
         if not self.box.notify_too_large:
             return "no notice: notify_too_large is off"
