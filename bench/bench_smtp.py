@@ -33,8 +33,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,6 +79,7 @@ asyncio.run(main(int(sys.argv[1])))
 # and how much the pipeline.
 LISTENER_ONLY = r"""
 import os, sys, tempfile
+from pathlib import Path
 from emaild import logs
 from emaild.app import App
 from emaild.config import load_config
@@ -83,8 +87,8 @@ from emaild.daemon import Daemon
 from emaild.pipeline import IngestResult, Outcome
 
 state = tempfile.mkdtemp(prefix="emaild-bench-stub-")
-config = load_config(None, {"EMAILD_STATE_DIR": state, "HOME": state,
-                            "EMAILD_SMTP_LISTEN": "127.0.0.1:" + sys.argv[1]})
+config = load_config(Path(sys.argv[2]), {"EMAILD_STATE_DIR": state, "HOME": state,
+                                   "EMAILD_SMTP_LISTEN": "127.0.0.1:" + sys.argv[1]})
 logs.configure(config.logging.level, config.logging.format)
 app = App.open(config)
 app.pipeline.ingest = lambda raw, envelope, **kw: IngestResult(Outcome.NEW_CASE, case_number=1)
@@ -150,8 +154,9 @@ async def send_one(port: int, raw: bytes) -> tuple[float, str]:
             writer.write(command + b"\r\n")
             await reply()
         writer.write(b"RCPT TO:<support@example.com>\r\n")
-        if not (await reply()).startswith("250"):
-            return time.perf_counter() - started, "rcpt refused"
+        answer = await reply()
+        if not answer.startswith("250"):
+            return time.perf_counter() - started, f"rcpt refused: {answer[:60]}"
         writer.write(b"DATA\r\n")
         await reply()
         writer.write(raw + b".\r\n")
@@ -277,11 +282,18 @@ async def send_oversize(port: int, size: int) -> str:
         writer.write(b"From: big@customer.test\r\nSubject: huge\r\n\r\n")
         chunk = (b"A" * 998 + b"\r\n") * 1024
         sent = 0
-        while sent < size:
-            writer.write(chunk)
-            await writer.drain()
-            sent += len(chunk)
-        writer.write(b".\r\n")
+        try:
+            while sent < size:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+            writer.write(b".\r\n")
+        except (ConnectionResetError, BrokenPipeError):
+            # The server answered and closed before the end: its reply is still
+            # waiting to be read (or the connection was simply dropped).
+            with contextlib.suppress(OSError):
+                return await reply() or f"closed after {sent / 2**20:.0f} MiB, no reply"
+            return f"reset after {sent / 2**20:.0f} MiB, no reply"
         return await reply()
     finally:
         writer.close()
@@ -473,9 +485,15 @@ def main() -> None:
     finally:
         stop(bare)
 
+    # All the load comes from 127.0.0.1: its per-address limits are lifted for
+    # the stub and emaild alike (SCALING_CONFIG), or they would measure the limits.
+    print("per-address connection limits lifted (one client address here)")
+    lifted = Path(tempfile.mkdtemp(prefix="emaild-bench-config-")) / "emaild.toml"
+    lifted.write_text(SCALING_CONFIG)
+    atexit.register(shutil.rmtree, lifted.parent, True)
     port = free_port()
     stub = subprocess.Popen(
-        [sys.executable, "-c", LISTENER_ONLY, str(port)],
+        [sys.executable, "-c", LISTENER_ONLY, str(port), str(lifted)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
@@ -489,7 +507,7 @@ def main() -> None:
         state = Path(tmp) / "state"
         state.mkdir()
         port = free_port()
-        proc = start_emaild(port, state, args.database_url)
+        proc = start_emaild(port, state, args.database_url, config=lifted)
         try:
             ours = measure("emaild", proc, port, args)
             if args.oversize:
@@ -518,9 +536,12 @@ def main() -> None:
         )
     last_b, last_e = sink[-1], ours[-1]
     ratio = last_e.rate / last_b.rate if last_b.rate else 0.0
+    one_b, one_e = sink[0], ours[0]
+    one = one_e.rate / one_b.rate if one_b.rate else 0.0
     print(
-        f"\ntarget at 32 clients: ratio >= 0.60 (got {ratio:.2f}), "
-        f"p99 <= 50 ms (got {last_e.percentile(0.99):.1f} ms)"
+        f"\nissue 19's goals: at 32 clients ratio >= 0.35 (got {ratio:.2f}) with "
+        f"p99 <= 100 ms (got {last_e.percentile(0.99):.1f} ms); "
+        f"at 1 client ratio >= 0.4 (got {one:.2f})"
     )
 
 
