@@ -39,6 +39,9 @@ from smtp_helpers import DaemonProcess
 from emaild.config import load_config
 from emaild.store.blobs import FileBlobStore
 
+# 16 clients x 34 MiB: about a minute.
+pytestmark = pytest.mark.slow
+
 SIZE = 34 * MiB
 CLIENTS = 16
 BUDGET = 100 * MiB
