@@ -110,7 +110,7 @@ def _become_command(request: dict[str, Any], fds: list[int]) -> None:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    os.setsid()  # its own process group, as a fresh subprocess's children would not share ours
+    os.setsid()  # its own process group: a timeout kills it and whatever it started
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -163,6 +163,10 @@ class Zygote:
         err_r, err_w = os.pipe()
         try:
             conn = self._request(args, env, [stdin_r, out_w, err_w])
+        except BaseException:
+            for fd in (stdin_w, out_r, err_r):
+                os.close(fd)
+            raise
         finally:
             for fd in (stdin_r, out_w, err_w):
                 os.close(fd)
@@ -171,7 +175,12 @@ class Zygote:
         conn.settimeout(timeout)
         reply = conn.makefile("rb")
         try:
-            pid = json.loads(reply.readline())["pid"]
+            try:
+                pid = json.loads(reply.readline())["pid"]
+            except BaseException:
+                for fd in (stdin_w, out_r, err_r):
+                    os.close(fd)
+                raise
             stdout, stderr = _communicate(stdin_w, out_r, err_r, input or b"", deadline)
             conn.settimeout(max(0.1, deadline - time.monotonic()))
             returncode = json.loads(reply.readline())["returncode"]
@@ -238,6 +247,7 @@ class ZygoteProcess:
     def _wait_status(self) -> None:
         try:
             line = self._reply.readline()
+            # No status line: the zygote's handler died with the command (killed).
             self.returncode = int(json.loads(line)["returncode"]) if line else -signal.SIGKILL
         finally:
             self._reply.close()
