@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
+from sqlalchemy import Table, bindparam, case, update
 from sqlalchemy.orm import Session
 
 from emaild.clock import utcnow
@@ -74,8 +76,14 @@ class FolderCursors:
     def advance(self, folder: str, uidvalidity: int, uid: int) -> Callable[[Session], None]:
         """The ``last_uid`` update that rides in the message's own transaction."""
         key = (self.mailbox, folder)
+        # Bind names differ from column names, as an UPDATE's SET clause requires.
+        params = {"b_mailbox": key[0], "b_folder": folder, "b_validity": uidvalidity, "b_uid": uid}
 
         def also(session: Session) -> None:
+            # The usual case, a row for this UIDVALIDITY: one statement, no ORM.
+            params["b_now"] = utcnow()
+            if session.connection().execute(_ADVANCE, params).rowcount == 1:
+                return
             row = session.get(ImapCursor, key)
             if row is None:
                 row = ImapCursor(
@@ -99,3 +107,21 @@ class FolderCursors:
                 row.acked_uid = max(row.acked_uid, min(uid, row.last_uid))
 
         self.db.run(work, attempts=ATTEMPTS)
+
+
+_CURSORS = cast(Table, ImapCursor.__table__)
+_ADVANCE = (
+    update(_CURSORS)
+    .where(
+        _CURSORS.c.mailbox == bindparam("b_mailbox"),
+        _CURSORS.c.folder == bindparam("b_folder"),
+        _CURSORS.c.uidvalidity == bindparam("b_validity"),
+    )
+    .values(
+        last_uid=case(
+            (_CURSORS.c.last_uid < bindparam("b_uid"), bindparam("b_uid")),
+            else_=_CURSORS.c.last_uid,
+        ),
+        updated_at=bindparam("b_now"),
+    )
+)
