@@ -81,8 +81,8 @@ class FolderCursors:
 
         def also(session: Session) -> None:
             # The usual case, a row for this UIDVALIDITY: one statement, no ORM.
-            params["b_now"] = utcnow()
-            if session.connection().execute(_ADVANCE, params).rowcount == 1:
+            moved = session.connection().execute(_ADVANCE, {**params, "b_now": utcnow()})
+            if moved.rowcount == 1:
                 return
             row = session.get(ImapCursor, key)
             if row is None:
