@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import selectors
@@ -64,6 +65,12 @@ def serve(path: str) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    # Move what the preload made out of the collector's sight (gc.freeze's own
+    # use case): otherwise every child's collections, and its interpreter
+    # shutdown, walk and write to all those objects, copying each page of the
+    # parent's heap (0.45 s of a 0.55 s `--version` here).
+    gc.collect()
+    gc.freeze()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)

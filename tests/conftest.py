@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import cli_zygote as cli_zygote_module
 import pytest
 from cli_zygote import Zygote
+from pg_databases import Postgres
 
 from emaild.app import App
 from emaild.config import Config, load_config
@@ -82,55 +82,10 @@ def dovecot() -> Iterator[Any]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-# --- PostgreSQL: one migrated template per run, one fresh database per test ------------
-class _Postgres:
-    def __init__(self) -> None:
-        self.error = ""
-        self.template = f"emaild_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        self.engine: Any = None
-
-    def start(self) -> None:
-        from sqlalchemy import create_engine, text
-
-        try:
-            self.engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with self.engine.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{self.template}"'))
-        except Exception as exc:
-            self.error = f"PostgreSQL at {PG_ADMIN_URL} unavailable: {exc}"
-            return
-        from emaild.store.database import Database
-
-        db = Database(self.url(self.template))
-        db.migrate()
-        db.dispose()
-
-    def url(self, name: str) -> str:
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-    def create(self) -> str:
-        from sqlalchemy import text
-
-        name = f"emaild_t_{uuid.uuid4().hex[:12]}"
-        with self.engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
-        return name
-
-    def drop(self, name: str) -> None:
-        from sqlalchemy import text
-
-        with self.engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-    def stop(self) -> None:
-        if self.engine is not None and not self.error:
-            self.drop(self.template)
-            self.engine.dispose()
-
-
+# --- PostgreSQL: one migrated template per worker, one fresh copy per test -------------
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[_Postgres]:
-    pg = _Postgres()
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres(PG_ADMIN_URL, os.getpid())
     pg.start()
     yield pg
     pg.stop()
@@ -143,7 +98,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         # The embedded default's location: the state directory.
         yield f"sqlite:///{tmp_path / 'state' / 'emaild.db'}"
         return
-    pg: _Postgres = request.getfixturevalue("postgres")
+    pg: Postgres = request.getfixturevalue("postgres")
     require(not pg.error, pg.error)
     name = pg.create()
     yield pg.url(name)
@@ -327,7 +282,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pg_database(postgres: _Postgres) -> Iterator[Any]:
+def pg_database(postgres: Postgres) -> Iterator[Any]:
     """A migrated ``Database`` on a fresh PostgreSQL database (fails in CI if none)."""
     from emaild.store.database import Database
 
