@@ -1,7 +1,8 @@
 """``emaild ingest`` hands its message to a running daemon over STATE_DIR/ingest.sock.
 
 Everything runs as real processes: ``emaild run`` (the daemon) and ``emaild
-ingest`` (what an MTA's pipe starts). The hand-off must give the same exit
+ingest`` (what an MTA's pipe starts; forked by the tests' CLI zygote, so the
+fallback runs don't each pay the pipeline's imports). The hand-off must give the same exit
 status and output as the in-process path, and fall back to it when no daemon
 answers.
 """
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_zygote
 import pytest
 
 # A database the ingest process cannot reach: only the daemon can store the message.
@@ -92,14 +94,7 @@ def daemon(daemon_env: dict[str, str], state_dir: Path) -> Iterator[Daemon]:
 
 
 def ingest(env: dict[str, str], raw: bytes, *args: str) -> tuple[int, str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "emaild", "ingest", *args],
-        input=raw,
-        capture_output=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    proc = cli_zygote.shared().run(["ingest", *args], input=raw, env=env, timeout=120)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -112,13 +107,10 @@ def test_the_daemon_stores_what_ingest_hands_it(daemon: Daemon, daemon_env: dict
     )
     assert (code, err) == (0, ""), err
     number = int(out)
-    shown = subprocess.run(
-        [sys.executable, "-m", "emaild", "cases", "show", str(number), "--json"],
-        capture_output=True,
-        env=daemon_env,
-        timeout=60,
-        check=True,
+    shown = cli_zygote.shared().run(
+        ["cases", "show", str(number), "--json"], input=None, env=daemon_env, timeout=60
     )
+    assert shown.returncode == 0, shown.stderr
     assert b"printer 1" in shown.stdout
     # -v means this process runs the pipeline (its log is wanted): it cannot here.
     code, _, err = ingest(cut_off, message(2), "-v")
