@@ -2,9 +2,9 @@
 
 Everything runs as real processes: ``emaild run`` (the daemon) and ``emaild
 ingest`` (what an MTA's pipe starts; forked by the tests' CLI zygote, so the
-fallback runs don't each pay the pipeline's imports). The hand-off must give the same exit
-status and output as the in-process path, and fall back to it when no daemon
-answers.
+fallback runs don't each pay the pipeline's imports). The hand-off must give
+the same exit status and output as the in-process path, and fall back to it
+when no daemon answers.
 """
 
 from __future__ import annotations
