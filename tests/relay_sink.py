@@ -17,6 +17,7 @@ STARTTLS (a throwaway self-signed certificate made with openssl) and AUTH
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.message
 import email.policy
@@ -98,6 +99,8 @@ class _Handler:
         refusal = sink._refusal("data")
         if refusal:
             return refusal
+        if sink.data_delay:  # a slow relay: the sender's attempt stays under way meanwhile
+            await asyncio.sleep(sink.data_delay)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         auth_user = ""
         if session.auth_data is not None:
@@ -177,6 +180,7 @@ class RelaySink:
         self.refuse_at: Literal["rcpt", "data"] = "rcpt"
         self.tempfail_reply = "451 4.3.0 try again later"
         self.reject_reply = "550 5.1.1 no such user"
+        self.data_delay = 0.0  # seconds before the answer to DATA
         self.messages: list[ReceivedMail] = []
         self.counters = _Counters()
         self.tls_cert = tls_cert

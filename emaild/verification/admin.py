@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic, sleep
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from emaild.addresses import AddressEntry, IgnoredRow, managed_row
+from emaild.clock import utcnow
 from emaild.errors import InputError
 from emaild.outbox import enqueue
 from emaild.store.models import ManagedAddress, Message, OutboxItem, VerificationToken
@@ -194,15 +196,31 @@ def request_verification(app: App, address: str) -> VerificationRequest:
 
 
 def deliver_now(app: App, outbox_id: int) -> Delivery:
-    """Try the outbox now (as ``emaild outbox flush`` does) and report on one item."""
+    """Try the outbox now (as ``emaild outbox flush`` does) and report on one item.
+
+    A daemon's outbox (this process's or another's) may have claimed the item
+    first: its attempt is then under way, and the answer is that attempt's
+    outcome, waited for up to the relay's timeout, not the state before it.
+    """
     from emaild.outbox import deliver_due
 
     deliver_due(app)
-    with app.db.session() as session:
-        item = session.get(OutboxItem, outbox_id)
-        if item is None:
-            raise InputError(f"outbox item {outbox_id} vanished")
-        return Delivery(item.id, item.status, item.attempts, item.last_error, item.message_id)
+    deadline = monotonic() + app.config.relay.timeout_seconds
+    while True:
+        with app.db.session() as session:
+            item = session.get(OutboxItem, outbox_id)
+            if item is None:
+                raise InputError(f"outbox item {outbox_id} vanished")
+            delivery = Delivery(
+                item.id, item.status, item.attempts, item.last_error, item.message_id
+            )
+            # Claims are written on the deliverers' clock, which is the real one.
+            in_flight = item.status == "queued" and (
+                item.claimed_until is not None and item.claimed_until >= utcnow()
+            )
+        if not in_flight or monotonic() >= deadline:
+            return delivery
+        sleep(0.05)
 
 
 @dataclass(frozen=True)
