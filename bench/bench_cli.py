@@ -8,7 +8,8 @@ ratios hold on a machine whose absolute speed drifts:
 - ``emaild --version``;
 - ``import emaild.cli``: what ``python -X importtime`` reports for it (µs, cumulative);
 - ``emaild ingest`` of a 4 KiB message with no daemon (the process runs the
-  pipeline: config, database, pipeline imports and setup, then the message);
+  pipeline: config, database, pipeline imports and setup, then the message),
+  and beside it what importing that pipeline alone costs (its floor);
 - ``emaild ingest`` of the same size with a daemon running on the same state
   directory (handed over ``STATE_DIR/ingest.sock``).
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_smtp import build_message  # noqa: E402  (the 4 KiB message of the SMTP bench)
 
 EMAILD = [sys.executable, "-m", "emaild"]
+PIPELINE = "emaild.channels.pipe.answer"  # the in-process ingest's entry
 
 
 def wall(run: Callable[[], None], runs: int) -> float:
@@ -58,20 +60,20 @@ def command(args: list[str], env: dict[str, str], stdin: bytes = b"") -> Callabl
     return run
 
 
-def import_seconds(env: dict[str, str]) -> float:
-    """``emaild.cli``'s cumulative import time from ``-X importtime``."""
+def import_seconds(env: dict[str, str], module: str = "emaild.cli") -> float:
+    """``module``'s cumulative import time from ``-X importtime``."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import emaild.cli"],
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
     for line in proc.stderr.splitlines():
-        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| emaild\.cli$", line)
+        match = re.match(rf"import time:\s+\d+ \|\s+(\d+) \| {re.escape(module)}$", line)
         if match:
             return int(match.group(1)) / 1e6
-    raise SystemExit("no import time reported for emaild.cli")
+    raise SystemExit(f"no import time reported for {module}")
 
 
 def wait_for_socket(path: Path, daemon: subprocess.Popen[bytes], deadline: float) -> None:
@@ -110,6 +112,9 @@ def main() -> None:
         floor = wall(command([sys.executable, "-c", "pass"], base), runs)
         version = wall(command([*EMAILD, "--version"], base), runs)
         imported = statistics.median(import_seconds(base) for _ in range(runs))
+        # What an in-process ingest imports (the pipeline, SQLAlchemy's ORM, the
+        # config models): the floor of the no-daemon figure.
+        pipeline = statistics.median(import_seconds(base, PIPELINE) for _ in range(runs))
         ingest(alone)()  # creates the store
         without = wall(ingest(alone), runs)
         daemon = subprocess.Popen(
@@ -137,6 +142,10 @@ def main() -> None:
             f"{name + ':':32} {seconds:6.3f} s = {seconds / floor:5.1f}× python -c pass"
             f"  ({verdict} the {goal} s goal)"
         )
+    print(
+        f"import {PIPELINE} (importtime): {pipeline:.3f} s = "
+        f"{pipeline / without:.2f} of the no-daemon ingest"
+    )
     print(f"ingest with / without a daemon:  {with_daemon / without:.2f}")
 
 
