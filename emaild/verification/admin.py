@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from emaild.addresses import AddressEntry, IgnoredRow, managed_row
 from emaild.clock import utcnow
 from emaild.errors import InputError
-from emaild.outbox import enqueue
+from emaild.outbox import QUEUED, enqueue
 from emaild.store.models import ManagedAddress, Message, OutboxItem, VerificationToken
 from emaild.verification.outgoing import verification_message
 from emaild.verification.release import Released, held_counts
@@ -215,7 +215,7 @@ def deliver_now(app: App, outbox_id: int) -> Delivery:
                 item.id, item.status, item.attempts, item.last_error, item.message_id
             )
             # Claims are written on the deliverers' clock, which is the real one.
-            in_flight = item.status == "queued" and (
+            in_flight = item.status == QUEUED and (
                 item.claimed_until is not None and item.claimed_until >= utcnow()
             )
         if not in_flight or monotonic() >= deadline:
